@@ -1,0 +1,179 @@
+"""The ``llmfleet`` command: run playbooks through ansible-runner, drive the container lab, report."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from llmfleet.paths import repo_root
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _extravars(items: list[str]) -> dict:
+    out: dict = {}
+    for item in items or []:
+        if item.startswith("@"):
+            import yaml
+
+            out.update(yaml.safe_load(Path(item[1:]).read_text()) or {})
+            continue
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"llmfleet: -e {item!r}: expected KEY=VALUE or @FILE")
+        out[key] = value
+    return out
+
+
+def _run_playbook(args: argparse.Namespace, *, check: bool) -> int:
+    from llmfleet import runner
+
+    req = runner.RunRequest(
+        playbook=args.playbook,
+        inventory=args.inventory,
+        check=check,
+        diff=args.diff,
+        limit=args.limit,
+        tags=args.tags,
+        skip_tags=args.skip_tags,
+        extravars=_extravars(args.extra_vars),
+        verbosity=args.verbose,
+        summary_dir=Path(args.summary_dir) if args.summary_dir else None,
+    )
+    try:
+        rc, summary, path = runner.run(req)
+    except FileNotFoundError as exc:
+        print(f"llmfleet: {exc}", file=sys.stderr)
+        return 2
+    runner.print_summary(summary, path)
+    if args.expect_changed is not None and summary["totals"]["changed"] != args.expect_changed:
+        print(
+            f"llmfleet: expected changed={args.expect_changed}, got changed={summary['totals']['changed']}",
+            file=sys.stderr,
+        )
+        return rc or 3
+    return rc
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    return _run_playbook(args, check=False)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    return _run_playbook(args, check=True)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from llmfleet import health
+
+    return health.run_and_print(inventory=args.inventory, as_json=args.json, lab=args.lab)
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from llmfleet import docker_daemon, lab, labmodel
+
+    try:
+        if args.action == "up":
+            lab.up(_log, with_model=not args.no_model)
+        elif args.action == "down":
+            lab.down(_log, images=args.images)
+            if args.stop_daemon:
+                docker_daemon.stop_if_started(_log)
+        elif args.action == "status":
+            from llmfleet import health
+
+            return health.run_and_print(inventory=None, as_json=args.json, lab=True)
+        elif args.action == "images":
+            docker_daemon.ensure(_log)
+            lab.ensure_images(docker_daemon.client(), _log)
+        elif args.action == "model":
+            model = labmodel.prepare(log=_log, force=args.force)
+            _log(f"lab model: {model.hf_dir}\nlab model GGUF: {model.gguf}")
+        elif args.action == "wheelhouse":
+            hosts = lab.read_inventory()
+            _log(f"wheelhouse: {lab.ensure_wheelhouse(lab.wheelhouse_requirements(hosts), _log)}")
+        elif args.action == "daemon":
+            if args.stop:
+                docker_daemon.stop_if_started(_log)
+            else:
+                started = docker_daemon.ensure(_log)
+                _log("docker: started" if started else "docker: a daemon already answers")
+    except (lab.LabError, docker_daemon.DaemonError, RuntimeError) as exc:
+        print(f"llmfleet lab {args.action}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from llmfleet import report
+
+    return report.main(args.report_args)
+
+
+def _playbook_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    if default:
+        p.add_argument("playbook", nargs="?", default=default, help=f"playbook (default {default})")
+    else:
+        p.add_argument("playbook", help="playbook: a path, or a name under playbooks/ or playbooks/runbooks/")
+    p.add_argument("-i", "--inventory", help="inventory (default inventories/lab/hosts.yml)")
+    p.add_argument("-l", "--limit")
+    p.add_argument("-t", "--tags")
+    p.add_argument("--skip-tags")
+    p.add_argument("-e", "--extra-vars", action="append", default=[], help="KEY=VALUE or @FILE (repeatable)")
+    p.add_argument("-D", "--diff", action="store_true")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("--summary-dir", help="where the JSON run summary goes (default artifacts/runs)")
+    p.add_argument("--expect-changed", type=int, help="fail unless exactly this many tasks changed (CI idempotence)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmfleet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("deploy", help="apply a playbook (default site.yml) through ansible-runner")
+    _playbook_args(p, "site.yml")
+    p.set_defaults(func=cmd_deploy)
+    p = sub.add_parser("check", help="check mode + diff: what a deploy would change")
+    _playbook_args(p, "site.yml")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("run", help="apply any playbook or runbook")
+    _playbook_args(p, None)
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("health", help="health of every vLLM endpoint in an inventory (a table)")
+    p.add_argument("-i", "--inventory")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--lab", action="store_true", help="address lab hosts by their container IP")
+    p.set_defaults(func=cmd_health)
+
+    p = sub.add_parser("lab", help="the container lab on this machine")
+    p.add_argument("action", choices=["up", "down", "status", "images", "model", "wheelhouse", "daemon"])
+    p.add_argument("--no-model", action="store_true", help="up: skip the lab model step")
+    p.add_argument("--images", action="store_true", help="down: remove the lab images too")
+    p.add_argument("--stop-daemon", action="store_true", help="down: stop dockerd if llm-fleet started it")
+    p.add_argument("--stop", action="store_true", help="daemon: stop dockerd if llm-fleet started it")
+    p.add_argument("--force", action="store_true", help="model: rebuild even if cached")
+    p.add_argument("--json", action="store_true", help="status: print JSON")
+    p.set_defaults(func=cmd_lab)
+
+    p = sub.add_parser("report", help="render results (llm_bench / llm_health JSON) as Markdown + HTML")
+    p.add_argument("report_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    if not shutil.which("ansible-playbook") and not (Path(sys.executable).parent / "ansible-playbook").exists():
+        print("llmfleet: ansible-playbook not found; run `make venv` first", file=sys.stderr)
+        return 2
+    _ = repo_root()
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Jinja filters that turn a vllm_service instance plus its fleet_models entry into a server command.
+
+``vllm_instances`` resolves every instance once (model source, served names, the argument list,
+the environment) so the systemd unit and the Compose file render the same command.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ansible.errors import AnsibleFilterError
+
+# instance key -> vLLM flag, for options that take one value
+VALUE_FLAGS = {
+    "dtype": "--dtype",
+    "max_model_len": "--max-model-len",
+    "max_num_seqs": "--max-num-seqs",
+    "gpu_memory_utilization": "--gpu-memory-utilization",
+    "quantization": "--quantization",
+    "kv_cache_memory_bytes": "--kv-cache-memory-bytes",
+    "tensor_parallel_size": "--tensor-parallel-size",
+    "pipeline_parallel_size": "--pipeline-parallel-size",
+}
+
+
+def _model_source(name: str, entry: dict) -> tuple[str, list[str]]:
+    source = entry.get("source") or {}
+    if source.get("path"):
+        return str(source["path"]), []
+    if source.get("hf"):
+        return str(source["hf"]), ["--revision", str(source.get("revision", "main"))]
+    raise AnsibleFilterError(f"fleet_models[{name!r}].source has no path or hf entry vLLM can serve")
+
+
+def resolve_instance(instance: dict, models: dict, defaults: dict | None = None) -> dict:
+    """One instance, resolved: name, port, served names, model source, args (list), env (dict)."""
+    inst = {**(defaults or {}), **instance}
+    model_name = inst.get("model")
+    if model_name not in models:
+        raise AnsibleFilterError(
+            f"vllm_service instance {inst.get('name')!r}: model {model_name!r} is not in fleet_models "
+            f"(known: {', '.join(sorted(models)) or 'none'})"
+        )
+    entry = models[model_name] or {}
+    source, source_args = _model_source(model_name, entry)
+    served = inst.get("served_model_name") or entry.get("served_name") or model_name
+    served_names = [served] if isinstance(served, str) else [str(s) for s in served]
+    if inst.get("max_model_len") is None and entry.get("context_length"):
+        inst["max_model_len"] = entry["context_length"]
+
+    args = [
+        "--model",
+        source,
+        *source_args,
+        "--served-model-name",
+        *served_names,
+        "--host",
+        str(inst.get("host", "0.0.0.0")),
+        "--port",
+        str(inst["port"]),
+    ]
+    for key, flag in VALUE_FLAGS.items():
+        value = inst.get(key)
+        if value is None or (key.endswith("_parallel_size") and int(value) == 1):
+            continue
+        args += [flag, str(value)]
+    if inst.get("enable_prefix_caching") is True:
+        args.append("--enable-prefix-caching")
+    elif inst.get("enable_prefix_caching") is False:
+        args.append("--no-enable-prefix-caching")
+    if inst.get("enforce_eager"):
+        args.append("--enforce-eager")
+    lora = inst.get("lora_modules") or []
+    if lora:
+        args.append("--enable-lora")
+        args += ["--lora-modules", *[f"{m['name']}={m['path']}" for m in lora]]
+    args += [str(a) for a in entry.get("serve_args") or []]
+    args += [str(a) for a in inst.get("extra_args") or []]
+
+    env = {str(k): str(v) for k, v in (inst.get("env") or {}).items()}
+    if inst.get("gpu_ids"):
+        env.setdefault("CUDA_VISIBLE_DEVICES", ",".join(str(g) for g in inst["gpu_ids"]))
+    return {
+        "name": inst["name"],
+        "port": int(inst["port"]),
+        "served_names": served_names,
+        "model": model_name,
+        "model_source": source,
+        "model_is_path": bool((entry.get("source") or {}).get("path")),
+        "args": args,
+        "env": env,
+        "api_key": inst.get("api_key") or "",
+    }
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pip_missing(requirements: list[str], freeze: str) -> list[str]:
+    """Requirements not satisfied by a ``pip freeze`` listing.
+
+    ``name==version`` must match exactly (local labels such as ``+cpu`` included); a bare name only
+    has to be installed. Anything else (ranges, URLs) is reported missing, so pip decides.
+    """
+    installed: dict[str, str] = {}
+    for line in (freeze or "").splitlines():
+        name, sep, version = line.strip().partition("==")
+        if sep:
+            installed[_canonical(name)] = version.strip()
+    missing = []
+    for req in requirements or []:
+        name, sep, version = str(req).strip().partition("==")
+        have = installed.get(_canonical(name))
+        if sep and have == version.strip():
+            continue
+        if not sep and re.fullmatch(r"[A-Za-z0-9_.-]+", name) and have is not None:
+            continue
+        missing.append(str(req))
+    return missing
+
+
+def vllm_instances(instances: list[dict], models: dict, defaults: dict | None = None) -> list[dict]:
+    return [resolve_instance(i, models or {}, defaults) for i in instances or []]
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {"vllm_instances": vllm_instances, "pip_missing": pip_missing}

@@ -1,0 +1,42 @@
+"""Shared pytest setup: make the repository's Ansible plugins importable the way Ansible imports them.
+
+Modules import their shared code as ``ansible.module_utils.<name>``; Ansible arranges that on the
+target. Here we extend that package's search path with ``plugins/module_utils`` and put
+``plugins/modules`` on ``sys.path`` so tests can import modules by name.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import ansible.module_utils
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ansible.module_utils.__path__.append(str(REPO / "plugins" / "module_utils"))
+sys.path.insert(0, str(REPO / "plugins" / "modules"))
+sys.path.insert(0, str(REPO / "library"))
+
+
+def _lab_env(name: str) -> str:
+    value = os.environ.get(name, "")
+    if not value:
+        pytest.fail(
+            f"{name} is not set: lab tests need the converged container lab "
+            "(run them through `make test`, or `make lab` and export the variable)",
+        )
+    return value
+
+
+@pytest.fixture(scope="session")
+def vllm_url() -> str:
+    """Base URL of the lab's real vLLM endpoint (set by `make test` after the lab converge)."""
+    return _lab_env("LLMFLEET_TEST_VLLM_URL")
+
+
+@pytest.fixture(scope="session")
+def vllm_model() -> str:
+    """Served model name of the lab's real vLLM endpoint."""
+    return _lab_env("LLMFLEET_TEST_VLLM_MODEL")
