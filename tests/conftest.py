@@ -17,6 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 ansible.module_utils.__path__.append(str(REPO / "plugins" / "module_utils"))
 sys.path.insert(0, str(REPO / "plugins" / "modules"))
+sys.path.insert(0, str(REPO / "plugins" / "filter"))
 sys.path.insert(0, str(REPO / "library"))
 
 
