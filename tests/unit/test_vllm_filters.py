@@ -40,7 +40,8 @@ def test_hf_model_pins_revision_and_passes_everything():
     assert "--enable-prefix-caching" in args and "--enforce-eager" in args
     assert args[args.index("--lora-modules") + 1] == "sql=/adapters/sql"
     assert args[-3:] == ["--trust-remote-code", "--seed", "1"]
-    assert r["env"] == {"VLLM_LOGGING_LEVEL": "DEBUG", "CUDA_VISIBLE_DEVICES": "0,1"}
+    assert r["env"] == {"VLLM_LOGGING_LEVEL": "DEBUG"}
+    assert r["gpu_ids"] == [0, 1]
     assert "s3cret" not in " ".join(args), "the API key goes in the 0600 env file, never on the command line"
     assert r["api_key"] == "s3cret"
 
@@ -51,7 +52,8 @@ def test_parallel_size_one_is_not_passed():
 
 
 def test_unknown_model_names_the_instance_and_catalog():
-    with pytest.raises(AnsibleFilterError, match=r"instance 'a': model 'gone' is not in fleet_models \(known: qwen, smol\)"):
+    expected = r"instance 'a': model 'gone' is not in fleet_models \(known: qwen, smol\)"
+    with pytest.raises(AnsibleFilterError, match=expected):
         resolve_instance({"name": "a", "model": "gone", "port": 1}, MODELS)
 
 
