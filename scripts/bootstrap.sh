@@ -35,9 +35,28 @@ venv() {
   echo "$want" > "$stamp"
 }
 
+# llama.cpp's Python server (the llama.cpp side of llm_health's tests and the model pipeline):
+# PyPI has only the sdist, which compiles for about 5 minutes on 2 cores; the wheel is built
+# once into the cache and reinstalled from there in seconds.
+LLAMA_CPP=llama-cpp-python==0.3.36
+llamacpp() {
+  local cache="${LLMFLEET_CACHE:-$HOME/.cache/llmfleet}/wheels" whl
+  if "$VENV/bin/python" -c "import llama_cpp.server" 2>/dev/null; then return 0; fi
+  whl=$(ls "$cache"/llama_cpp_python-0.3.36-*.whl 2>/dev/null | head -n1 || true)
+  if [ -z "$whl" ]; then
+    echo "bootstrap: building $LLAMA_CPP once (about 5 minutes; cached in $cache)"
+    mkdir -p "$cache"
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_CUDA=OFF -DGGML_BLAS=OFF -DLLAVA_BUILD=OFF -DLLAMA_USE_PREBUILT_UI=OFF" \
+      CMAKE_BUILD_PARALLEL_LEVEL=2 "$VENV/bin/python" -m pip wheel -q --no-deps -w "$cache" "$LLAMA_CPP"
+    whl=$(ls "$cache"/llama_cpp_python-0.3.36-*.whl | head -n1)
+  fi
+  "$VENV/bin/python" -m pip install -q "llama-cpp-python[server] @ file://$whl"
+}
+
 case "${1:-all}" in
   system) system ;;
   venv) venv ;;
-  all) system; venv ;;
-  *) echo "usage: $0 [system|venv|all]" >&2; exit 2 ;;
+  llamacpp) llamacpp ;;
+  all) system; venv; llamacpp ;;
+  *) echo "usage: $0 [system|venv|llamacpp|all]" >&2; exit 2 ;;
 esac

@@ -51,10 +51,11 @@ lab_e2e() {
   llmfleet check site.yml --expect-changed 0
   stage "lab: endpoint health (a real completion must answer Paris)"
   llmfleet lab status
-  local addr
+  local addr key
   addr=$(docker inspect -f '{{(index .NetworkSettings.Networks "llmfleet-lab").IPAddress}}' lab-inference-1)
-  stage "lab: integration tests against the lab's vLLM at $addr"
-  LLMFLEET_TEST_VLLM_URL="http://$addr:8000" LLMFLEET_TEST_VLLM_MODEL=smollm2-135m \
+  key=$(docker exec lab-inference-1 cat /etc/vllm/smollm2.apikey)
+  stage "lab: integration tests against the lab's vLLM at $addr (and a llama.cpp server they start)"
+  LLMFLEET_TEST_VLLM_URL="http://$addr:8000" LLMFLEET_TEST_VLLM_MODEL=smollm2-135m LLMFLEET_TEST_VLLM_API_KEY="$key" \
     pytest -q tests/integration -m lab
 }
 

@@ -41,3 +41,9 @@ def vllm_url() -> str:
 def vllm_model() -> str:
     """Served model name of the lab's real vLLM endpoint."""
     return _lab_env("LLMFLEET_TEST_VLLM_MODEL")
+
+
+@pytest.fixture(scope="session")
+def vllm_api_key() -> str:
+    """The lab endpoint's API key (LLMFLEET_TEST_VLLM_API_KEY; empty for a server without one)."""
+    return os.environ.get("LLMFLEET_TEST_VLLM_API_KEY", "")

@@ -429,7 +429,7 @@ def render(results: Results, out_dir: Path, title: str) -> tuple[Path, Path, lis
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmfleet report",
-        description="Render llm_bench / llm_eval / llm_health JSON as Markdown + self-contained HTML with plots.",
+        description="Render llm_bench (load, eval) and llm_health JSON as Markdown + self-contained HTML with plots.",
     )
     parser.add_argument("results", nargs="+", help="result JSON files or directories of them")
     parser.add_argument("-o", "--output-dir", default="artifacts/report", help="where report.md/.html and PNGs go")
