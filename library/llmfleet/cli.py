@@ -74,7 +74,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    from llmfleet import docker_daemon, lab, labmodel
+    from llmfleet import docker_daemon, lab, labmodel, registry
 
     try:
         if args.action == "up":
@@ -82,6 +82,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
         elif args.action == "down":
             lab.down(_log, images=args.images)
             if args.stop_daemon:
+                registry.stop_if_started(_log)
                 docker_daemon.stop_if_started(_log)
         elif args.action == "status":
             from llmfleet import health
@@ -96,13 +97,19 @@ def cmd_lab(args: argparse.Namespace) -> int:
         elif args.action == "wheelhouse":
             hosts = lab.read_inventory()
             _log(f"wheelhouse: {lab.ensure_wheelhouse(lab.wheelhouse_requirements(hosts), _log)}")
+        elif args.action == "registry":
+            if args.stop:
+                registry.stop_if_started(_log)
+            else:
+                registry.ensure(_log)
+                _log(f"registry: {registry.url()} answers")
         elif args.action == "daemon":
             if args.stop:
                 docker_daemon.stop_if_started(_log)
             else:
                 started = docker_daemon.ensure(_log)
                 _log("docker: started" if started else "docker: a daemon already answers")
-    except (lab.LabError, docker_daemon.DaemonError, RuntimeError) as exc:
+    except (lab.LabError, docker_daemon.DaemonError, registry.RegistryError, RuntimeError) as exc:
         print(f"llmfleet lab {args.action}: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -151,11 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("lab", help="the container lab on this machine")
-    p.add_argument("action", choices=["up", "down", "status", "images", "model", "wheelhouse", "daemon"])
+    p.add_argument("action", choices=["up", "down", "status", "images", "model", "wheelhouse", "registry", "daemon"])
     p.add_argument("--no-model", action="store_true", help="up: skip the lab model step")
     p.add_argument("--images", action="store_true", help="down: remove the lab images too")
-    p.add_argument("--stop-daemon", action="store_true", help="down: stop dockerd if llm-fleet started it")
-    p.add_argument("--stop", action="store_true", help="daemon: stop dockerd if llm-fleet started it")
+    p.add_argument("--stop-daemon", action="store_true",
+                   help="down: stop the registry and dockerd if llm-fleet started them")
+    p.add_argument("--stop", action="store_true", help="daemon / registry: stop it if llm-fleet started it")
     p.add_argument("--force", action="store_true", help="model: rebuild even if cached")
     p.add_argument("--json", action="store_true", help="status: print JSON")
     p.set_defaults(func=cmd_lab)
