@@ -22,7 +22,7 @@ from pathlib import Path
 
 from docker.errors import DockerException, ImageNotFound, NotFound
 
-from llmfleet import docker_daemon, labmodel
+from llmfleet import docker_daemon, labmodel, registry
 from llmfleet.paths import cache_dir, repo_root
 
 LAB_LABEL = "io.llmfleet.lab"
@@ -377,6 +377,8 @@ def up(log: Log = print, with_model: bool = True) -> list[LabHost]:
     if with_model:
         model = labmodel.prepare(log=log)
         log(f"lab model: {model.hf_dir}")
+    if any("vllm_builders" in h.groups for h in hosts):
+        registry.ensure(log)
     _network(client)
     for host in hosts:
         action = ensure_container(client, host, caches, log)
