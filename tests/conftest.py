@@ -19,6 +19,7 @@ ansible.module_utils.__path__.append(str(REPO / "plugins" / "module_utils"))
 sys.path.insert(0, str(REPO / "plugins" / "modules"))
 sys.path.insert(0, str(REPO / "plugins" / "filter"))
 sys.path.insert(0, str(REPO / "library"))
+sys.path.insert(0, str(REPO / "tests"))
 
 
 def _lab_env(name: str) -> str:

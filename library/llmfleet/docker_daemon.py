@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from pathlib import Path
 import docker
 from docker.errors import DockerException
 
+from llmfleet import procs
 from llmfleet.paths import cache_dir
 
 SOCKET = "unix:///var/run/docker.sock"
@@ -101,17 +101,10 @@ def stop_if_started(log: Callable[[str], None] = print, wait_s: float = 30.0) ->
     if not pid_text.isdigit():
         return False
     pid = int(pid_text)
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
+    if not procs.alive(pid):
         return False
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            log("docker: stopped the dockerd llm-fleet had started")
-            return True
-        time.sleep(0.5)
+    if procs.terminate(pid, wait_s):
+        log("docker: stopped the dockerd llm-fleet had started")
+        return True
     log(f"docker: dockerd (pid {pid}) still running after {wait_s:.0f} s")
     return False

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -20,6 +19,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from llmfleet import procs
 from llmfleet.paths import cache_dir
 
 ADDRESS = "127.0.0.1:5000"
@@ -125,13 +125,7 @@ def started_by_llmfleet() -> int | None:
     if not marker.exists():
         return None
     text = marker.read_text().strip()
-    if not text.isdigit():
-        return None
-    try:
-        os.kill(int(text), 0)
-    except ProcessLookupError:
-        return None
-    return int(text)
+    return int(text) if text.isdigit() and procs.alive(int(text)) else None
 
 
 def stop_if_started(log: Log = print, wait_s: float = 15.0) -> bool:
@@ -140,14 +134,8 @@ def stop_if_started(log: Log = print, wait_s: float = 15.0) -> bool:
     _marker().unlink(missing_ok=True)
     if pid is None:
         return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            log("registry: stopped the registry llm-fleet had started")
-            return True
-        time.sleep(0.2)
+    if procs.terminate(pid, wait_s):
+        log("registry: stopped the registry llm-fleet had started")
+        return True
     log(f"registry: {BINARY} (pid {pid}) still running after {wait_s:.0f} s")
     return False

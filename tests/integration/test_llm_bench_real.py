@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import ansible_module
 import pytest
 from ansible.module_utils.llmfleet_bench import (
     EvalEndpoint,
@@ -121,14 +119,6 @@ def test_module_through_ansible_writes_results(
     vllm_url: str, vllm_model: str, vllm_api_key: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "bench.json"
-    ansible = Path(sys.executable).with_name("ansible")
-    env = dict(
-        os.environ,
-        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-        ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
-        ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
-        ANSIBLE_CACHE_PLUGIN_CONNECTION=str(tmp_path / "facts"),
-    )
     args = {
         "url": vllm_url,
         "api_key": vllm_api_key,
@@ -139,30 +129,7 @@ def test_module_through_ansible_writes_results(
         "concurrency_levels": [1, 2],
         "output_file": str(out),
     }
-    proc = subprocess.run(
-        [
-            str(ansible),
-            "localhost",
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            "-m",
-            "llm_bench",
-            "-a",
-            json.dumps(args),
-            "-e",
-            f"ansible_python_interpreter={sys.executable}",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    proc, result = ansible_module.run_through_ansible("llm_bench", args, tmp_path, timeout=600)
     assert result["changed"] is True
     assert len(result["summary"]) == 2 and result["summary"][0].startswith("concurrency 1: 4/4 ok")
     written = json.loads(out.read_text())

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import ansible_module
 import pytest
 from ansible.module_utils.llmfleet_health import DEGRADED, HEALTHY, UNHEALTHY, run_health
 from ansible.module_utils.llmfleet_openai import DEFAULT_PROMPT, join_url
@@ -156,47 +157,14 @@ def test_vllm_thresholds_degrade(vllm_url: str, vllm_model: str, vllm_api_key: s
 
 def test_vllm_through_ansible(vllm_url: str, vllm_model: str, vllm_api_key: str, tmp_path: Path) -> None:
     """The real module, packaged by Ansible (AnsiballZ with its module_utils), run by ansible itself."""
-    ansible = Path(sys.executable).with_name("ansible")
-    env = dict(
-        os.environ,
-        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-        ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
-        ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
-        ANSIBLE_CACHE_PLUGIN_CONNECTION=str(tmp_path / "facts"),
-    )
-    args = json.dumps(
-        {
-            "url": vllm_url,
-            "api_key": vllm_api_key,
-            "model": vllm_model,
-            "expect": "paris",
-            "timeout": 60,
-        }
-    )
-    proc = subprocess.run(
-        [
-            str(ansible),
-            "localhost",
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            "-m",
-            "llm_health",
-            "-a",
-            args,
-            "-e",
-            f"ansible_python_interpreter={sys.executable}",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    args = {
+        "url": vllm_url,
+        "api_key": vllm_api_key,
+        "model": vllm_model,
+        "expect": "paris",
+        "timeout": 60,
+    }
+    proc, result = ansible_module.run_through_ansible("llm_health", args, tmp_path)
     assert result["status"] == HEALTHY and result["changed"] is False
     assert vllm_api_key, "the lab endpoint has an API key: this test checks it is never printed"
     assert vllm_api_key not in proc.stdout  # no_log

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
+import ansible_module
 import docker_daemon_config
 import pytest
-from ansible.module_utils import basic
 from ansible.module_utils.llmfleet_json_merge import ConfigFileError, deep_merge, plan_merge
-from ansible.module_utils.testing import patch_module_args
 
 NVIDIA = {"runtimes": {"nvidia": {"path": "nvidia-container-runtime", "args": []}}}
 
@@ -52,32 +50,8 @@ def test_unreadable_file_is_an_error(text: str, message: str) -> None:
         plan_merge(text, NVIDIA, "/etc/docker/daemon.json")
 
 
-class ExitJson(Exception):
-    pass
-
-
-class FailJson(Exception):
-    pass
-
-
 def run_module(args: dict[str, Any]) -> dict[str, Any]:
-    def exit_json(self: basic.AnsibleModule, **kwargs: Any) -> None:
-        raise ExitJson(kwargs)
-
-    def fail_json(self: basic.AnsibleModule, **kwargs: Any) -> None:
-        raise FailJson(kwargs)
-
-    with (
-        patch_module_args(args),
-        mock.patch.multiple(basic.AnsibleModule, exit_json=exit_json, fail_json=fail_json),
-    ):
-        try:
-            docker_daemon_config.main()
-        except ExitJson as exc:
-            return {"failed": False, **exc.args[0]}
-        except FailJson as exc:
-            return {"failed": True, **exc.args[0]}
-    raise AssertionError("module did not exit")
+    return ansible_module.run_module(docker_daemon_config.main, args)
 
 
 def test_check_mode_reports_and_writes_nothing(tmp_path: Path) -> None:

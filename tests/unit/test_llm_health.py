@@ -10,13 +10,12 @@ import json
 import socket
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
+import ansible_module
 import gguf
 import llm_health
 import numpy as np
 import pytest
-from ansible.module_utils import basic
 from ansible.module_utils.llmfleet_gpu import merge_nvidia_sources, parse_query_csv
 from ansible.module_utils.llmfleet_health import (
     CRITICAL,
@@ -47,7 +46,6 @@ from ansible.module_utils.llmfleet_openai import (
     parse_prometheus_text,
     summarize_serving_metrics,
 )
-from ansible.module_utils.testing import patch_module_args
 
 GPU_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "gpu"
 
@@ -612,30 +610,11 @@ def test_check_gpus_no_gpu_gives_the_reason() -> None:
 # ------------------------------------------------------------------- the module (no endpoint)
 
 
-class ModuleExit(Exception):
-    pass
-
-
 def run_module(args: dict[str, Any], check_mode: bool = False) -> tuple[bool, dict[str, Any]]:
     """Run llm_health.main() for real; returns (failed, payload)."""
-
-    def exit_json(self: basic.AnsibleModule, **kwargs: Any) -> None:
-        raise ModuleExit(False, kwargs)
-
-    def fail_json(self: basic.AnsibleModule, **kwargs: Any) -> None:
-        raise ModuleExit(True, kwargs)
-
-    if check_mode:
-        args = {**args, "_ansible_check_mode": True}
-    with (
-        patch_module_args(args),
-        mock.patch.multiple(basic.AnsibleModule, exit_json=exit_json, fail_json=fail_json),
-    ):
-        try:
-            llm_health.main()
-        except ModuleExit as exc:
-            return exc.args[0], json.loads(json.dumps(exc.args[1]))
-    raise AssertionError("module did not exit")
+    result = ansible_module.run_module(llm_health.main, args, check_mode)
+    failed = result.pop("failed")
+    return failed, json.loads(json.dumps(result))
 
 
 @pytest.mark.parametrize("check_mode", [False, True])

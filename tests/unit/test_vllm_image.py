@@ -10,11 +10,10 @@ import json
 import os
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
+import ansible_module
 import pytest
 import vllm_image
-from ansible.module_utils import basic
 from ansible.module_utils.llmfleet_image import (
     BuildProgress,
     FileDigestCache,
@@ -29,7 +28,6 @@ from ansible.module_utils.llmfleet_image import (
     registry_of,
     split_reference,
 )
-from ansible.module_utils.testing import patch_module_args
 
 REPO = Path(__file__).resolve().parents[2]
 H1 = "sha256:" + "1" * 64
@@ -324,32 +322,8 @@ def test_progress_records_buildkit_errors_and_image_id() -> None:
 
 # ------------------------------------------------------------------------------------ module
 
-class ExitJson(Exception):
-    pass
-
-
-class FailJson(Exception):
-    pass
-
-
 def run_module(args: dict[str, Any]) -> dict[str, Any]:
-    def exit_json(self: basic.AnsibleModule, **kwargs: Any) -> None:
-        raise ExitJson(kwargs)
-
-    def fail_json(self: basic.AnsibleModule, **kwargs: Any) -> None:
-        raise FailJson(kwargs)
-
-    with (
-        patch_module_args(args),
-        mock.patch.multiple(basic.AnsibleModule, exit_json=exit_json, fail_json=fail_json),
-    ):
-        try:
-            vllm_image.main()
-        except ExitJson as exc:
-            return {"failed": False, **exc.args[0]}
-        except FailJson as exc:
-            return {"failed": True, **exc.args[0]}
-    raise AssertionError("module did not exit")
+    return ansible_module.run_module(vllm_image.main, args)
 
 
 def test_state_progress_reads_a_running_build_and_changes_nothing(tmp_path: Path) -> None:
