@@ -193,7 +193,9 @@ class RoleStart:
 
 def role_restart(args: argparse.Namespace, url: str, summary_dir: str) -> RoleStart:
     env = dict(os.environ, ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks")
-    cmd = [str(REPO / ".venv" / "bin" / "llmfleet"), "run", "restart_vllm", "--summary-dir", summary_dir]
+    # Only the host under test: the rolling restart otherwise also restarts every other inference host.
+    cmd = [str(REPO / ".venv" / "bin" / "llmfleet"), "run", "restart_vllm", "--limit", args.container,
+           "--summary-dir", summary_dir]
     poller = Poller(url)
     poller.start()
     t0 = time.monotonic()
