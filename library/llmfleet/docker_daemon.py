@@ -46,19 +46,11 @@ def _marker() -> Path:
 
 
 def _install_docker_io(log: Callable[[str], None]) -> None:
-    if os.geteuid() != 0:
-        raise DaemonError(
-            "no Docker daemon answers and dockerd is not installed; as root, llm-fleet would install "
-            "Debian's docker.io. Run as root, or install Docker and start it, then retry."
-        )
-    if not shutil.which("apt-get"):
-        raise DaemonError("no Docker daemon answers, dockerd is missing and there is no apt-get to install it")
     log("docker: dockerd missing, installing Debian docker.io (about 20 s)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "docker.io"]):
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise DaemonError(f"`{' '.join(cmd)}` failed (rc={result.returncode}): {result.stderr.strip()[-600:]}")
+    try:
+        procs.apt_install(["docker.io"], "no Docker daemon answers and dockerd is not installed")
+    except RuntimeError as exc:
+        raise DaemonError(str(exc)) from exc
 
 
 def ensure(log: Callable[[str], None] = print, wait_s: float = 60.0) -> bool:

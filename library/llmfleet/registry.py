@@ -10,7 +10,6 @@ treats 127.0.0.0/8 as an insecure registry by default, so push and pull over htt
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
@@ -70,17 +69,11 @@ def config_text(address: str, storage: Path) -> str:
 
 
 def _install(log: Log) -> None:
-    if os.geteuid() != 0:
-        raise RegistryError(f"no registry answers on {ADDRESS} and {BINARY} is not installed; as root, llm-fleet "
-                            "would install Debian's docker-registry. Run as root or start a registry there.")
-    if not shutil.which("apt-get"):
-        raise RegistryError(f"no registry answers on {ADDRESS}, {BINARY} is missing and there is no apt-get")
     log("registry: installing Debian docker-registry")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "docker-registry"]):
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RegistryError(f"`{' '.join(cmd)}` failed (rc={result.returncode}): {result.stderr.strip()[-600:]}")
+    try:
+        procs.apt_install(["docker-registry"], f"no registry answers on {ADDRESS} and {BINARY} is not installed")
+    except RuntimeError as exc:
+        raise RegistryError(str(exc)) from exc
 
 
 def ensure(log: Log = print, address: str = ADDRESS, wait_s: float = 30.0) -> bool:
@@ -101,8 +94,13 @@ def ensure(log: Log = print, address: str = ADDRESS, wait_s: float = 30.0) -> bo
     logfile = root / "registry.log"
     log(f"registry: none answers on {address}; starting {BINARY} (storage {storage}, log {logfile})")
     with logfile.open("ab") as out:
-        proc = subprocess.Popen([binary, "serve", str(config)], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [binary, "serve", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -115,8 +113,9 @@ def ensure(log: Log = print, address: str = ADDRESS, wait_s: float = 30.0) -> bo
     tail = logfile.read_text(errors="replace").splitlines()[-15:]
     if proc.poll() is None:
         proc.terminate()
-    raise RegistryError(f"{BINARY} did not answer on {address} within {wait_s:.0f} s; last log lines:\n"
-                        + "\n".join(tail))
+    raise RegistryError(
+        f"{BINARY} did not answer on {address} within {wait_s:.0f} s; last log lines:\n" + "\n".join(tail)
+    )
 
 
 def started_by_llmfleet() -> int | None:
