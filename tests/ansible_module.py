@@ -67,7 +67,7 @@ def run_through_ansible(
         "-c",
         "local",
         "-m",
-        module,
+        module if "." in module else f"llmfleet.fleet.{module}",
         "-a",
         json.dumps(args),
         "-e",

@@ -1,8 +1,9 @@
 """Shared pytest setup: make the repository's Ansible plugins importable the way Ansible imports them.
 
-Modules import their shared code as ``ansible.module_utils.<name>``; Ansible arranges that on the
-target. Here we extend that package's search path with ``plugins/module_utils`` and put
-``plugins/modules`` on ``sys.path`` so tests can import modules by name.
+The repository is the collection ``llmfleet.fleet``: modules import their shared code as
+``ansible_collections.llmfleet.fleet.plugins.module_utils.<name>``. Here ``collections/`` (where
+``ansible_collections/llmfleet/fleet`` links back to the repository) goes on ``sys.path``, and
+``plugins/modules`` too, so tests can import modules by name.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ import os
 import sys
 from pathlib import Path
 
-import ansible.module_utils
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-ansible.module_utils.__path__.append(str(REPO / "plugins" / "module_utils"))
+sys.path.insert(0, str(REPO / "collections"))
 sys.path.insert(0, str(REPO / "plugins" / "modules"))
 sys.path.insert(0, str(REPO / "plugins" / "filter"))
 sys.path.insert(0, str(REPO / "library"))

@@ -74,14 +74,20 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    from llmfleet import docker_daemon, lab, labmodel, registry
+    from llmfleet.lab import containers as lab
+    from llmfleet.lab import docker_daemon, registry
+    from llmfleet.lab import model as labmodel
 
     try:
         if args.action == "up":
             lab.up(_log, with_model=not args.no_model)
         elif args.action == "down":
-            lab.down(_log, images=args.images)
-            if args.stop_daemon:
+            others = lab.other_labs()
+            lab.down(_log, images=args.images and not others)
+            if others and (args.stop_daemon or args.images):
+                _log(f"lab: leaving dockerd, the registry and the images as they are: lab(s) {', '.join(others)} "
+                     "still have containers here")
+            elif args.stop_daemon:
                 registry.stop_if_started(_log)
                 docker_daemon.stop_if_started(_log)
         elif args.action == "status":

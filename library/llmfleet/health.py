@@ -24,7 +24,7 @@ def collect(report_dir: Path) -> list[dict]:
 
 
 def _lab_address(host: str) -> str | None:
-    from llmfleet import lab
+    from llmfleet.lab import containers as lab
 
     return lab.container_address(host)
 

@@ -18,3 +18,23 @@ def repo_root() -> Path:
     """The repository checkout this package runs from (``$LLMFLEET_REPO`` overrides)."""
     env = os.environ.get("LLMFLEET_REPO")
     return Path(env).resolve() if env else REPO_ROOT
+
+
+DEFAULT_LAB = "lab"
+
+
+def lab_name() -> str:
+    """Which container lab this process drives: ``$LLMFLEET_LAB`` or ``lab`` (the user's ``make lab``).
+
+    ``make test`` sets ``lab-test``: its own inventory (``inventories/lab-test``), containers,
+    network, label and image tags, so a running ``make lab`` is left as it is.
+    """
+    name = os.environ.get("LLMFLEET_LAB", "").strip() or DEFAULT_LAB
+    if not name.replace("-", "").isalnum() or name != name.lower():
+        raise ValueError(f"LLMFLEET_LAB = {name!r}: use lowercase letters, digits and '-' (for example lab-test)")
+    return name
+
+
+def lab_inventory() -> Path:
+    """The inventory of the selected lab: ``inventories/<lab name>/hosts.yml``."""
+    return repo_root() / "inventories" / lab_name() / "hosts.yml"

@@ -20,7 +20,7 @@ from typing import Any
 
 import ansible_runner
 
-from llmfleet.paths import repo_root
+from llmfleet.paths import lab_inventory, repo_root
 
 STAT_KEYS = ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored", "processed")
 
@@ -109,7 +109,7 @@ def run(req: RunRequest) -> tuple[int, dict[str, Any], Path]:
     """Run one playbook; return (exit code, summary, path of the summary JSON)."""
     root = repo_root()
     playbook = resolve_playbook(req.playbook)
-    inventory = Path(req.inventory).resolve() if req.inventory else root / "inventories" / "lab" / "hosts.yml"
+    inventory = Path(req.inventory).resolve() if req.inventory else lab_inventory()
     venv_bin = str(Path(sys.executable).parent)
     envvars = {
         "ANSIBLE_CONFIG": str(root / "ansible.cfg"),

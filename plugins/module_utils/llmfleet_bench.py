@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ansible.module_utils.llmfleet_openai import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import (
     AsyncPool,
     EndpointError,
     StaleConnectionError,

@@ -682,7 +682,8 @@ def buildx_build(context: str, dockerfile: str, build_args: Mapping[str, str], t
     cmd.append(context)
     sink.line("llmfleet: " + " ".join(cmd))
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
-        assert proc.stdout is not None
+        if proc.stdout is None:  # never with stdout=PIPE; this tells the type checker so
+            raise ImageError("docker buildx build: no output pipe")
         for text in proc.stdout:
             sink.line(text)
         rc = proc.wait()

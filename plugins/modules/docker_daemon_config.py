@@ -15,7 +15,9 @@ description:
   - A file with the same content in another key order or indentation is not rewritten.
   - The module does not restart Docker; notify a handler on C(changed).
 version_added: "0.1.0"
-author: llm-fleet contributors
+author: llm-fleet maintainers (!UNKNOWN)
+extends_documentation_fragment:
+  - llmfleet.fleet.attributes
 options:
   path:
     description: The daemon configuration file. Created (with its directory) when missing.
@@ -82,7 +84,7 @@ import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmfleet_json_merge import ConfigFileError, plan_merge
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_json_merge import ConfigFileError, plan_merge
 
 
 def read_existing(path: str) -> str | None:

@@ -22,7 +22,10 @@ description:
   - The module fails only when C(nvidia-smi) is there and fails in a way that does not mean
     "no GPU" (for example a GPU that has fallen off the bus), naming the command and its error.
 version_added: "0.1.0"
-author: llm-fleet contributors
+author: llm-fleet maintainers (!UNKNOWN)
+extends_documentation_fragment:
+  - llmfleet.fleet.attributes
+  - llmfleet.fleet.attributes.facts
 options:
   nvidia_smi_path:
     description:
@@ -46,7 +49,7 @@ options:
 attributes:
   check_mode:
     support: full
-    description: The module only reads; it runs the same in check mode.
+    details: The module only reads; it runs the same in check mode.
   diff_mode:
     support: none
   facts:
@@ -177,7 +180,7 @@ import os
 import platform
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmfleet_gpu import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_gpu import (
     GpuToolError,
     collect_gpu_facts,
     read_pci_devices,

@@ -20,13 +20,18 @@ description:
     GPU host). C(llmfleet report) renders it.
   - The endpoint is only read from. O(output_file) is the only thing written.
 version_added: "0.1.0"
-author: llm-fleet contributors
+author: llm-fleet maintainers (!UNKNOWN)
+extends_documentation_fragment:
+  - llmfleet.fleet.attributes
 requirements:
   - python >= 3.8 (standard library only; the HTTP client is asyncio streams)
 attributes:
   check_mode:
-    support: full
-    details: The load runs (it only reads from the endpoint); O(output_file) is not written in check mode.
+    support: partial
+    details:
+      - In check mode no request is sent, so a check run never puts load on a production endpoint; the
+        module returns the plan (C(would_send)) and an empty C(results), and writes no O(output_file).
+      - Put C(check_mode=false) on the task to run the load in a check run anyway.
   diff_mode:
     support: none
 options:
@@ -132,9 +137,8 @@ options:
         type: str
         required: true
       api_key:
-        description: Bearer token.
+        description: Bearer token (kept out of logs).
         type: str
-        no_log: true
   eval_file:
     description:
       - JSONL eval set (O(mode=eval)). Each line has C(prompt), C(expected) (string or list), optional
@@ -169,7 +173,7 @@ notes:
   - Run it with C(delegate_to) localhost or on a load-generator host; at high rates the generator needs a
     CPU core of its own.
 seealso:
-  - module: llm_health
+  - module: llmfleet.fleet.llm_health
 """
 
 EXAMPLES = r"""
@@ -224,6 +228,11 @@ summary:
   type: list
   elements: str
   sample: ["concurrency 16: 16/16 ok, 6.3 req/s, 200 output tok/s, TTFT p50 392 ms, TPOT p50 30.0 ms"]
+would_send:
+  description: In check mode, what the module would have sent (mode, targets, requests, concurrency).
+  returned: in check mode
+  type: dict
+  sample: {"mode": "load", "targets": ["http://127.0.0.1:8000"], "requests": 64, "concurrency_levels": [1, 16]}
 output_file:
   description: Where the JSON was written.
   returned: when output_file is set
@@ -239,7 +248,7 @@ import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmfleet_bench import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_bench import (
     BenchItem,
     EvalEndpoint,
     LoadConfig,
@@ -249,7 +258,7 @@ from ansible.module_utils.llmfleet_bench import (
     run_load,
     synthetic_prompts,
 )
-from ansible.module_utils.llmfleet_openai import normalize_base_url
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import normalize_base_url
 
 ARGUMENT_SPEC = dict(
     mode=dict(type="str", choices=["load", "eval"], default="load"),
@@ -284,7 +293,7 @@ ARGUMENT_SPEC = dict(
     ),
     eval_file=dict(type="path"),
     eval_items=dict(type="list", elements="dict"),
-    eval_max_tokens=dict(type="int", default=48),
+    eval_max_tokens=dict(type="int", default=48, no_log=False),
     eval_concurrency=dict(type="int", default=4),
     max_error_rate=dict(type="float", default=0.1),
     validate_certs=dict(type="bool", default=True),
@@ -382,6 +391,33 @@ def run(module: AnsibleModule) -> dict:
     return run_load(cfg, load_prompts(module), p["concurrency_levels"])
 
 
+def plan(module: AnsibleModule) -> dict:
+    """What a run would send, for check mode (which sends nothing)."""
+    p = module.params
+    if p["mode"] == "eval":
+        items = eval_set(module)
+        return {
+            "mode": "eval",
+            "targets": [e["url"] for e in p["endpoints"]],
+            "requests": len(items) * len(p["endpoints"]),
+            "concurrency_levels": [p["eval_concurrency"]],
+        }
+    prompts = load_prompts(module)
+    return {
+        "mode": "load",
+        "targets": [p["url"]],
+        "requests": (len(prompts) + p["warmup_requests"]) * len(p["concurrency_levels"]),
+        "concurrency_levels": list(p["concurrency_levels"]),
+    }
+
+
+def plan_line(would: dict) -> str:
+    return (
+        f"check mode: would send {would['requests']} {would['mode']} request(s) to {', '.join(would['targets'])} "
+        f"at concurrency {', '.join(str(c) for c in would['concurrency_levels'])}; sent none"
+    )
+
+
 def summarize(results: dict) -> list[str]:
     lines = []
     if results["kind"] == "llmfleet.eval":
@@ -450,6 +486,8 @@ def main() -> None:
         mutually_exclusive=[("eval_file", "eval_items")],
     )
     check_options(module)
+    if module.check_mode:
+        module.exit_json(changed=False, results={}, summary=[plan_line(plan(module))], would_send=plan(module))
     results = run(module)
     result = {"changed": False, "results": results, "summary": summarize(results)}
     if module.params["output_file"]:

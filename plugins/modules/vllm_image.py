@@ -14,7 +14,7 @@ description:
     of the base images. With O(rebuild=changed) an image with the same hash is not rebuilt, so an
     unchanged rerun reports C(changed=false) after hashing (file digests are cached by size,
     mtime, ctime and inode, so it reads no unchanged file).
-  - The image is built untagged and tagged only after the build succeeded: a failed build leaves
+  - The image is built untagged and tagged only after the build succeeded; a failed build leaves
     the previous image under O(name):O(tag) untouched and fails with the failing step and the last
     log lines.
   - The build log streams to O(log_file) and progress (steps done of total, current step, last
@@ -25,7 +25,9 @@ description:
     builder through the SDK. See O(builder).
   - Registry credentials are passed per call and never written to C(~/.docker/config.json).
 version_added: "0.1.0"
-author: llm-fleet contributors
+author: llm-fleet maintainers (!UNKNOWN)
+extends_documentation_fragment:
+  - llmfleet.fleet.attributes
 requirements:
   - Docker SDK for Python >= 5 on the builder (Debian/Ubuntu C(python3-docker), or C(pip install docker))
   - a Docker daemon the builder can reach (O(docker_host))
@@ -267,7 +269,7 @@ duration_s:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmfleet_image import ImageError, run_vllm_image
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image import ImageError, run_vllm_image
 
 
 def main() -> None:

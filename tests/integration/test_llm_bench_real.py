@@ -9,7 +9,7 @@ from typing import Any
 
 import ansible_module
 import pytest
-from ansible.module_utils.llmfleet_bench import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_bench import (
     EvalEndpoint,
     LoadConfig,
     evaluate,
@@ -17,7 +17,11 @@ from ansible.module_utils.llmfleet_bench import (
     run_load,
     synthetic_prompts,
 )
-from ansible.module_utils.llmfleet_openai import join_url, parse_prometheus_text, summarize_serving_metrics
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import (
+    join_url,
+    parse_prometheus_text,
+    summarize_serving_metrics,
+)
 
 pytestmark = pytest.mark.lab
 

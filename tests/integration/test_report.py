@@ -9,7 +9,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from ansible.module_utils.llmfleet_bench import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_bench import (
     EvalEndpoint,
     LoadConfig,
     evaluate,
@@ -17,7 +17,7 @@ from ansible.module_utils.llmfleet_bench import (
     run_load,
     synthetic_prompts,
 )
-from ansible.module_utils.llmfleet_health import run_health
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_health import run_health
 from llmfleet import report
 from PIL import Image
 

@@ -19,7 +19,12 @@ from typing import Any
 
 import docker
 import pytest
-from ansible.module_utils.llmfleet_image import HASH_LABEL, ImageError, read_progress, run_vllm_image
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image import (
+    HASH_LABEL,
+    ImageError,
+    read_progress,
+    run_vllm_image,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -54,7 +59,7 @@ def client() -> docker.DockerClient:
 
 @pytest.fixture(scope="module")
 def registry():
-    from llmfleet import registry as reg
+    from llmfleet.lab import registry as reg
 
     started = reg.ensure(log=lambda m: None)
     yield REGISTRY
@@ -113,8 +118,9 @@ def test_build_skip_rebuild_and_retag(client: docker.DockerClient, ctx: Path, tm
     assert run_vllm_image(params(ctx, work, rebuild="never"))["changed"] is False
 
 
-def test_failed_build_names_the_step_and_keeps_the_tag(client: docker.DockerClient, ctx: Path,
-                                                        tmp_path: Path) -> None:
+def test_failed_build_names_the_step_and_keeps_the_tag(
+    client: docker.DockerClient, ctx: Path, tmp_path: Path
+) -> None:
     work = tmp_path / "work"
     before = run_vllm_image(params(ctx, work, tag="fail"))["image"]["id"]
     (ctx / "Dockerfile").write_text(DOCKERFILE + "RUN echo about to fail && exit 3\n")

@@ -9,7 +9,11 @@ from typing import Any
 import ansible_module
 import docker_daemon_config
 import pytest
-from ansible.module_utils.llmfleet_json_merge import ConfigFileError, deep_merge, plan_merge
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_json_merge import (
+    ConfigFileError,
+    deep_merge,
+    plan_merge,
+)
 
 NVIDIA = {"runtimes": {"nvidia": {"path": "nvidia-container-runtime", "args": []}}}
 

@@ -13,7 +13,8 @@ from unittest import mock
 import gpu_facts
 import pytest
 from ansible.module_utils import basic
-from ansible.module_utils.llmfleet_gpu import (
+from ansible.module_utils.testing import patch_module_args
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_gpu import (
     QUERY_FIELDS,
     capability_from_name,
     cuda_arch_facts,
@@ -28,7 +29,6 @@ from ansible.module_utils.llmfleet_gpu import (
     parse_smi_header,
     parse_smi_table,
 )
-from ansible.module_utils.testing import patch_module_args
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "gpu"
 NVIDIA_SMI = "/usr/bin/nvidia-smi"

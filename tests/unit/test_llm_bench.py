@@ -16,7 +16,8 @@ import llm_bench
 import numpy as np
 import pytest
 from ansible.module_utils import basic
-from ansible.module_utils.llmfleet_bench import (
+from ansible.module_utils.testing import patch_module_args
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_bench import (
     RequestResult,
     SSEDecoder,
     _handle_event,
@@ -34,8 +35,7 @@ from ansible.module_utils.llmfleet_bench import (
     score_answer,
     synthetic_prompts,
 )
-from ansible.module_utils.llmfleet_openai import AsyncConnection
-from ansible.module_utils.testing import patch_module_args
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import AsyncConnection
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -466,3 +466,28 @@ def test_module_fails_when_every_request_fails() -> None:
 def test_module_hides_api_keys() -> None:
     assert llm_bench.ARGUMENT_SPEC["api_key"]["no_log"] is True
     assert llm_bench.ARGUMENT_SPEC["endpoints"]["options"]["api_key"]["no_log"] is True
+
+
+def test_check_mode_sends_no_request(tmp_path: Path) -> None:
+    """Check mode must not put load on the endpoint: a real listening socket sees no connection."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.5)
+    port = listener.getsockname()[1]
+    out = tmp_path / "bench.json"
+    args = {**LOAD, "url": f"http://127.0.0.1:{port}", "num_prompts": 5, "warmup_requests": 1,
+            "concurrency_levels": [1, 4], "output_file": str(out), "_ansible_check_mode": True}
+    try:
+        failed, result = run_module(args)
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    finally:
+        listener.close()
+    assert not failed and result["changed"] is False
+    assert result["would_send"] == {"mode": "load", "targets": [f"http://127.0.0.1:{port}"], "requests": 12,
+                                    "concurrency_levels": [1, 4]}
+    assert "sent none" in result["summary"][0]
+    assert not out.exists()

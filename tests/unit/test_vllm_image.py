@@ -14,7 +14,7 @@ from typing import Any
 import ansible_module
 import pytest
 import vllm_image
-from ansible.module_utils.llmfleet_image import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image import (
     BuildProgress,
     FileDigestCache,
     ImageError,
@@ -365,7 +365,7 @@ def test_password_is_no_log() -> None:
 
 
 def test_sink_writes_plain_log_and_progress_file(tmp_path: Path) -> None:
-    from ansible.module_utils.llmfleet_image import ProgressSink, read_progress
+    from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image import ProgressSink, read_progress
 
     log = tmp_path / "b.log"
     log.write_text("previous build\n")

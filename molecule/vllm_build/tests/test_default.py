@@ -12,9 +12,9 @@ import urllib.request
 import docker
 import pytest
 
-IMAGE = "llmfleet/vllm-openai-cpu:0.32.0"
+IMAGE = "llmfleet-molecule/vllm-openai-cpu:0.32.0"
 REGISTRY = "127.0.0.1:5000"
-REPOSITORY = "llmfleet/vllm-openai-cpu"
+REPOSITORY = "llmfleet-molecule/vllm-openai-cpu"
 HASH_LABEL = "io.llmfleet.content-hash"
 MODEL_DIR = "smollm2-135m-instruct"
 
@@ -95,7 +95,7 @@ def test_container_from_the_image_serves_the_lab_model(client):
     container = client.containers.run(
         IMAGE,
         ["--model", "/models/smollm2", "--served-model-name", "smollm2-135m", "--host", "0.0.0.0",
-         "--port", "8000", "--dtype", "bfloat16", "--max-model-len", "2048",
+         "--port", "8000", "--dtype", "float32", "--max-model-len", "2048",
          "--kv-cache-memory-bytes", "1073741824", "--enforce-eager"],
         name="molecule-vllm-build-verify",
         detach=True,
@@ -126,7 +126,7 @@ def test_container_from_the_image_serves_the_lab_model(client):
         assert [m["id"] for m in models_list["data"]] == ["smollm2-135m"]
         answer = http_json(f"{base}/v1/chat/completions", {
             "model": "smollm2-135m", "temperature": 0, "max_tokens": 30,
-            "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+            "messages": [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]})
         assert "Paris" in answer["choices"][0]["message"]["content"]
     finally:
         container.remove(force=True)

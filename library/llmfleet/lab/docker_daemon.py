@@ -18,7 +18,7 @@ from pathlib import Path
 import docker
 from docker.errors import DockerException
 
-from llmfleet import procs
+from llmfleet.lab import procs
 from llmfleet.paths import cache_dir
 
 SOCKET = "unix:///var/run/docker.sock"

