@@ -7,16 +7,255 @@ errors naming the host, the variable, the offending value and what is allowed.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
+from ansible.module_utils.common.validation import (
+    check_type_bool,
+    check_type_dict,
+    check_type_float,
+    check_type_int,
+    check_type_list,
+    check_type_path,
+    check_type_str,
+)
+
 RUNTIMES = ("docker", "systemd")
+# vllm_service_runtime when the host does not set it: the role's default (roles/vllm_service/defaults).
+DEFAULT_RUNTIME = "systemd"
 INSTANCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
 MODEL_SOURCE_KINDS = ("hf", "path", "url")
+
+# What a role's meta/argument_specs.yml says beyond types and choices, in an option's description
+# (ansible-lint's schema allows no other keys in a spec entry, and ansible-doc shows the description,
+# so the documented limit is the enforced one):
+#   "Range: [1, 65535]."  interval of allowed numbers; ( ) exclude the bound, inf for none; on a list,
+#                         every element
+#   "Format: image."      an image reference carrying a tag or a digest; "Format: image or empty."
+#                         also allows ""
+RANGE_RE = re.compile(
+    r"Range:\s*([\[(])\s*([-+]?(?:inf|[0-9][0-9_.eE+-]*))\s*,\s*([-+]?(?:inf|[0-9][0-9_.eE+-]*))\s*([\])])"
+)
+FORMAT_RE = re.compile(r"Format:\s*(image)( or empty)?\b")
+FORMATS = {"image": "an image reference with a tag or digest (name:tag or name@sha256:<64 hex digits>)"}
+IMAGE_NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
+IMAGE_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+IMAGE_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+TYPE_CHECKERS = {
+    "int": check_type_int,
+    "float": check_type_float,
+    "bool": check_type_bool,
+    "str": check_type_str,
+    "path": check_type_path,
+    "list": check_type_list,
+    "dict": check_type_dict,
+}
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _description(entry: dict[str, Any]) -> str:
+    text = entry.get("description") or ""
+    return " ".join(text) if isinstance(text, list) else str(text)
+
+
+def spec_range(entry: dict[str, Any]) -> tuple[str, float, float, str] | None:
+    """The ``Range: [lo, hi]`` an option's description declares, or None."""
+    match = RANGE_RE.search(_description(entry))
+    if not match:
+        return None
+    opening, low, high, closing = match.groups()
+    return opening, float(low), float(high), closing
+
+
+def spec_format(entry: dict[str, Any]) -> tuple[str, bool] | None:
+    """The ``Format: <kind>[ or empty]`` an option's description declares, or None."""
+    match = FORMAT_RE.search(_description(entry))
+    return (match.group(1), bool(match.group(2))) if match else None
+
+
+def _in_range(number: float, bounds: tuple[str, float, float, str]) -> bool:
+    opening, low, high, closing = bounds
+    above = number > low if opening == "(" else number >= low
+    below = number < high if closing == ")" else number <= high
+    return above and below
+
+
+def _range_text(bounds: tuple[str, float, float, str], kind: str) -> str:
+    opening, low, high, closing = bounds
+
+    def show(x: float) -> str:
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        return str(int(x)) if x == int(x) else str(x)
+
+    return f"{kind} in {opening}{show(low)}, {show(high)}{closing}"
+
+
+def is_image_reference(ref: Any) -> bool:
+    """``[registry[:port]/]name(:tag|@sha256:digest|:tag@sha256:digest)``: a tag or a digest is required."""
+    if not isinstance(ref, str) or not ref:
+        return False
+    name, _, digest = ref.partition("@")
+    if digest and not IMAGE_DIGEST_RE.match(digest):
+        return False
+    path, slash, last = name.rpartition("/")
+    last, colon, tag = last.partition(":")
+    if colon and not IMAGE_TAG_RE.match(tag):
+        return False
+    if not (colon or digest):
+        return False
+    repository = (path + slash + last).split("/")
+    if len(repository) > 1 and ("." in repository[0] or ":" in repository[0] or repository[0] == "localhost"):
+        repository = repository[1:]  # the registry host[:port]
+    return bool(IMAGE_NAME_RE.match("/".join(repository)))
+
+
+def _item_label(label: str, index: int, item: Any) -> str:
+    name = item.get("name") if isinstance(item, dict) else None
+    return f"{label}[{index}]" + (f" ({name!r})" if name else "")
+
+
+def _convert(entry: dict[str, Any], value: Any) -> Any:
+    """The value as the spec's type would take it (raises TypeError when it cannot)."""
+    checker = TYPE_CHECKERS.get(entry.get("type", "str"))
+    return checker(value) if checker else value
+
+
+def _check_option(host: str, label: str, entry: dict[str, Any], value: Any, nested: bool) -> list[str]:
+    """One value against its spec entry: secret type, (nested: type and choices), range, format, sub-options.
+
+    Top-level types and choices are validate_argument_spec's job; inside lists and dicts its messages
+    do not say which instance is wrong, so they are checked here too, naming the instance.
+    """
+    if value is None:
+        return []
+    where = f"host {host}: {label}"
+    if entry.get("no_log") and not isinstance(value, str):
+        return [
+            f"{where} is a secret given as {type(value).__name__}, not as a string; allowed: a string "
+            "(quote it in YAML or the vault; the value is not shown)"
+        ]
+    kind = entry.get("type", "str")
+    given = value
+    try:
+        value = _convert(entry, value)
+    except (TypeError, ValueError) as exc:
+        return [f"{where} = {value!r} is not a valid {kind}: {exc}"] if nested else []
+    errors: list[str] = []
+    choices = entry.get("choices")
+    if nested and choices and kind != "list" and value not in choices:
+        errors.append(f"{where} = {given!r} is not allowed; allowed: {', '.join(map(str, choices))}")
+    bounds = spec_range(entry)
+    if bounds:
+        element_kind = entry.get("elements", "int") if kind == "list" else kind
+        numbers = value if kind == "list" else [value]
+        for number in numbers:
+            try:
+                number = float(number)
+            except (TypeError, ValueError):
+                errors.append(f"{where} = {given!r} must hold numbers; allowed: {_range_text(bounds, element_kind)}")
+                break
+            if not _in_range(number, bounds):
+                errors.append(f"{where} = {given!r} is out of range; allowed: {_range_text(bounds, element_kind)}")
+                break
+    fmt = spec_format(entry)
+    if fmt and not (fmt[1] and value == "") and not is_image_reference(value):
+        errors.append(f"{where} = {given!r} is not {FORMATS[fmt[0]]}" + (" or empty" if fmt[1] else ""))
+    sub = entry.get("options")
+    if sub and kind == "dict" and isinstance(value, dict):
+        errors += check_spec_values(host, sub, value, label)
+    elif sub and kind == "list" and entry.get("elements") == "dict":
+        for index, item in enumerate(value):
+            item_label = _item_label(label, index, item)
+            if not isinstance(item, dict):
+                errors.append(f"host {host}: {item_label} must be a mapping, got {item!r}")
+                continue
+            errors += check_spec_values(host, sub, item, item_label)
+    return errors
+
+
+def check_spec_values(host: str, options: dict[str, Any], values: dict[str, Any], where: str = "") -> list[str]:
+    """A host's values (top level: the variables it sets) against a role's argument spec options.
+
+    Nested mappings (``where`` set: an instance) must not carry unknown keys and must carry the
+    required ones; at the top level unknown names are simply other variables, and required ones may
+    come from the role's defaults.
+    """
+    errors: list[str] = []
+    if not isinstance(values, dict):
+        return errors
+    for key, value in values.items():
+        entry = options.get(key)
+        if entry is None:
+            if where:
+                errors.append(f"host {host}: {where} has an unknown key {key!r}; allowed: {', '.join(sorted(options))}")
+            continue
+        errors += _check_option(host, f"{where}.{key}" if where else key, entry, value, nested=bool(where))
+    if where:
+        for key, entry in options.items():
+            if entry.get("required") and values.get(key) is None:
+                errors.append(f"host {host}: {where}.{key} is missing; it is required ({_description(entry)})")
+    return errors
+
+
+def check_role_specs(host: str, specs: dict[str, Any], values: dict[str, Any]) -> list[str]:
+    """Every role's spec (role name -> options of its main entry point) against the host's values."""
+    errors: list[str] = []
+    for role in sorted(specs or {}):
+        options = specs[role] or {}
+        errors += check_spec_values(host, options, {k: v for k, v in values.items() if k in options})
+    return list(dict.fromkeys(errors))
+
+
+# validate_argument_spec's way of naming the variable an error about a nested key belongs to.
+NESTED_SPEC_ERROR_RE = re.compile(r"found in '?([A-Za-z0-9_]+)|^([A-Za-z0-9_]+)\.[A-Za-z0-9_]")
+
+
+def spec_error_messages(host: str, spec_results: list[dict[str, Any]], own_errors: list[str] = ()) -> list[str]:
+    """validate_argument_spec's errors, one per line, with the host and the role whose spec refused.
+
+    An error about a key inside a variable (an instance's) is left out when ``own_errors`` (from
+    check_spec_values) already name that variable's items: those say which instance is wrong.
+    """
+    errors = []
+    for result in spec_results or []:
+        role = result.get("role", "?")
+        for message in result.get("errors") or []:
+            nested = NESTED_SPEC_ERROR_RE.search(message)
+            variable = nested and (nested.group(1) or nested.group(2))
+            if variable and any(f": {variable}[" in own for own in own_errors):
+                continue
+            errors.append(f"host {host}: role {role} (roles/{role}/meta/argument_specs.yml): {message}")
+    return errors
+
+
+def secret_values(specs: dict[str, Any], values: dict[str, Any]) -> set[str]:
+    """The strings given to no_log options (instances included), so module output can mask them."""
+    found: set[str] = set()
+
+    def walk(options: dict[str, Any], given: Any) -> None:
+        if not isinstance(given, dict):
+            return
+        for key, entry in options.items():
+            value = given.get(key)
+            if value is None:
+                continue
+            if entry.get("no_log") and not isinstance(value, (dict, list)) and str(value):
+                found.add(str(value))
+            sub = entry.get("options")
+            if sub and isinstance(value, dict):
+                walk(sub, value)
+            elif sub and isinstance(value, list):
+                for item in value:
+                    walk(sub, item)
+
+    for options in (specs or {}).values():
+        walk(options or {}, values)
+    return found
 
 
 def check_groups(host: str, host_groups: list[str], groups: dict[str, list[str]]) -> list[str]:
@@ -68,12 +307,35 @@ def check_models(models: Any) -> list[str]:
 
 
 def _instance_label(index: int, instance: Any) -> str:
-    name = instance.get("name") if isinstance(instance, dict) else None
-    return f"vllm_service_instances[{index}]" + (f" ({name!r})" if name else "")
+    return _item_label("vllm_service_instances", index, instance)
 
 
-def check_vllm_instances(host: str, runtime: Any, instances: Any, models: Any) -> list[str]:
-    """Runtime name, and the instances of one host: names, ports, models, GPU shares, parallelism."""
+def _parallel(inst: dict[str, Any]) -> int | None:
+    """tensor_parallel_size x pipeline_parallel_size, or None when either is not a positive integer."""
+    tp = inst.get("tensor_parallel_size", 1)
+    pp = inst.get("pipeline_parallel_size", 1)
+    if not (_is_int(tp) and _is_int(pp)) or tp < 1 or pp < 1:
+        return None
+    return tp * pp
+
+
+def needs_gpu_count(instances: Any) -> bool:
+    """Whether an instance asks for more than one GPU without naming them (gpu_ids): then the
+    host's real GPU count (gpu_facts) decides."""
+    if not isinstance(instances, list):
+        return False
+    return any(isinstance(inst, dict) and not inst.get("gpu_ids") and (_parallel(inst) or 1) > 1 for inst in instances)
+
+
+def check_vllm_instances(
+    host: str, runtime: Any, instances: Any, models: Any, gpu: dict[str, Any] | None = None
+) -> list[str]:
+    """Runtime name, and the instances of one host: names, ports, runtimes, models, GPU shares, parallelism.
+
+    Types, ranges and unknown keys of each instance come from the role's argument spec
+    (check_spec_values); here go the checks across keys, instances and the host. ``gpu`` is the
+    host's ``ansible_facts.gpu`` (gpu_facts) when it was read.
+    """
     errors: list[str] = []
     if runtime not in RUNTIMES:
         errors.append(
@@ -100,14 +362,15 @@ def check_vllm_instances(host: str, runtime: Any, instances: Any, models: Any) -
         else:
             names[name] = index
         inst_runtime = inst.get("runtime")
-        if inst_runtime is not None and inst_runtime not in RUNTIMES:
-            errors.append(f"{label}.runtime = {inst_runtime!r} is not a known runtime; allowed: {', '.join(RUNTIMES)}")
+        if inst_runtime is not None and inst_runtime in RUNTIMES and runtime in RUNTIMES and inst_runtime != runtime:
+            errors.append(
+                f"{label}.runtime = {inst_runtime!r} contradicts the host's vllm_service_runtime = {runtime!r}; "
+                "an instance's runtime must equal it (or be left out)"
+            )
         port = inst.get("port")
-        if not _is_int(port) or not 1 <= port <= 65535:
-            errors.append(f"{label}.port = {port!r} must be an integer from 1 to 65535")
-        elif port in ports:
+        if _is_int(port) and port in ports:
             errors.append(f"{label}.port = {port} is already used by instance {ports[port]!r} on this host")
-        else:
+        elif _is_int(port):
             ports[port] = str(name)
         model = inst.get("model")
         if not model:
@@ -119,30 +382,33 @@ def check_vllm_instances(host: str, runtime: Any, instances: Any, models: Any) -
                 f"{label}.model = {model!r} is not in fleet_models; known: {', '.join(sorted(catalog)) or 'none'}"
             )
         util = inst.get("gpu_memory_utilization")
-        if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1):
-            errors.append(f"{label}.gpu_memory_utilization = {util!r} must be a number in (0, 1]")
-            util = None
+        if isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1:
+            util = None  # the spec's range refuses it
         gpu_ids = inst.get("gpu_ids")
-        if gpu_ids is not None and (not isinstance(gpu_ids, list) or not all(_is_int(g) and g >= 0 for g in gpu_ids)):
-            errors.append(f"{label}.gpu_ids = {gpu_ids!r} must be a list of GPU indexes (integers >= 0)")
-            gpu_ids = None
-        tp = inst.get("tensor_parallel_size", 1)
-        pp = inst.get("pipeline_parallel_size", 1)
-        for key, value in (("tensor_parallel_size", tp), ("pipeline_parallel_size", pp)):
-            if not _is_int(value) or value < 1:
-                errors.append(f"{label}.{key} = {value!r} must be an integer >= 1")
-        if gpu_ids and _is_int(tp) and _is_int(pp) and tp * pp > len(gpu_ids):
+        if not isinstance(gpu_ids, list) or not all(_is_int(g) and g >= 0 for g in gpu_ids):
+            gpu_ids = None  # the spec's type and range refuse it
+        parallel = _parallel(inst)
+        if gpu_ids and parallel and parallel > len(gpu_ids):
             errors.append(
-                f"{label}: tensor_parallel_size x pipeline_parallel_size = {tp * pp} is more than the "
+                f"{label}: tensor_parallel_size x pipeline_parallel_size = {parallel} is more than the "
                 f"{len(gpu_ids)} GPU(s) in gpu_ids {gpu_ids}"
             )
+        if not gpu_ids and parallel and parallel > 1 and gpu is not None:
+            count = gpu.get("count") or 0
+            if parallel > count:
+                reason = f" ({gpu['reason']})" if gpu.get("reason") else ""
+                errors.append(
+                    f"{label}: tensor_parallel_size x pipeline_parallel_size = {parallel} needs {parallel} GPUs, "
+                    f"but gpu_facts found {count} on the host{reason}; allowed: at most {count}, "
+                    "or name the GPUs in gpu_ids"
+                )
         if gpu_ids and util is not None:
-            for gpu in gpu_ids:
-                gpu_share[str(gpu)] = gpu_share.get(str(gpu), 0.0) + float(util)
-    for gpu, total in sorted(gpu_share.items()):
+            for gpu_id in gpu_ids:
+                gpu_share[str(gpu_id)] = gpu_share.get(str(gpu_id), 0.0) + float(util)
+    for gpu_id, total in sorted(gpu_share.items()):
         if total > 1.0 + 1e-9:
             errors.append(
-                f"host {host}: instances share GPU {gpu} with gpu_memory_utilization adding up to {total:.2f}; "
+                f"host {host}: instances share GPU {gpu_id} with gpu_memory_utilization adding up to {total:.2f}; "
                 "the sum per GPU must be <= 1"
             )
     return errors
@@ -154,14 +420,25 @@ def validate_host(
     groups: dict[str, list[str]],
     settings: dict[str, Any],
     models: Any,
+    specs: dict[str, Any] | None = None,
+    gpu: dict[str, Any] | None = None,
 ) -> list[str]:
-    """Everything we know how to check about one host in its fleet."""
+    """Everything we know how to check about one host in its fleet.
+
+    ``settings`` are the host's variables; ``specs`` the argument spec options of each role the
+    host's groups run (role name -> options), which give types of nested keys, ranges, formats and
+    secrets; ``gpu`` the host's ``ansible_facts.gpu`` when a check needed it.
+    """
     errors = check_groups(host, host_groups, groups)
-    if "inference_nodes" in host_groups or settings.get("vllm_service_instances"):
+    errors += check_role_specs(host, specs or {}, settings)
+    instances = settings.get("vllm_service_instances")
+    if "inference_nodes" in host_groups and (instances in (None, "") or instances == []):
+        errors.append(
+            f"host {host} is in group inference_nodes but vllm_service_instances = {instances!r}; "
+            "an inference node needs at least one instance"
+        )
+    if "inference_nodes" in host_groups or instances:
         errors += check_vllm_instances(
-            host,
-            settings.get("vllm_service_runtime", "docker"),
-            settings.get("vllm_service_instances"),
-            models,
+            host, settings.get("vllm_service_runtime", DEFAULT_RUNTIME), instances, models, gpu
         )
     return errors

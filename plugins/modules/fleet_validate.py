@@ -6,14 +6,23 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: fleet_validate
-short_description: Check one host's fleet variables against the rest of the inventory
+short_description: Check one host's fleet variables against the role specs and the rest of the inventory
 description:
-  - Runs on the controller (delegate it to localhost) and checks what C(meta/argument_specs.yml)
-    cannot see, because it spans variables, instances or hosts. Ray workers need exactly one Ray
-    head; vLLM instances on one host need distinct names and ports, a known runtime, a model from
-    the C(fleet_models) catalog, GPU memory shares that add up to at most 1 per GPU, and no more
-    tensor x pipeline parallelism than GPUs given.
-  - Every error names the host, the variable, the offending value and what is allowed.
+  - Runs on the controller (delegate it to localhost) in the first play of C(site.yml), after
+    C(ansible.builtin.validate_argument_spec) has checked the host's variables against the
+    C(meta/argument_specs.yml) of every role its groups run; it reports those errors together with
+    its own, naming the host and the role.
+  - "From the same specs it checks what a type cannot say, ranges (C(Range: [1, 65535]) in an
+    option's description) and formats (C(Format: image), an image reference with a tag or digest),
+    that secrets (C(no_log) options) are strings, and, inside instance lists, unknown keys, missing
+    keys, types and choices, naming the instance."
+  - Then the checks across variables, instances and hosts. Ray workers need exactly one Ray head;
+    an inference node needs at least one vLLM instance; instances on one host need distinct names
+    and ports, the host's runtime, a model from the C(fleet_models) catalog, GPU memory shares that
+    add up to at most 1 per GPU, and no more tensor x pipeline parallelism than GPUs given in
+    C(gpu_ids) or, without them, than the host has (O(gpu), from C(llmfleet.fleet.gpu_facts)).
+  - Every error names the host, the variable (with the instance's index and name), the offending
+    value (a secret's is never shown) and what is allowed.
   - Never changes anything.
 options:
   host:
@@ -30,33 +39,71 @@ options:
     type: dict
     default: {}
   settings:
-    description: The host's variables to check (C(vllm_service_runtime), C(vllm_service_instances), ...).
+    description:
+      - The host's variables to check, variable name to value (the options of O(specs) the host
+        defines, C(vllm_service_runtime), C(vllm_service_instances), ...).
+      - Marked C(no_log) because it may hold secrets; the module's output masks only the values of
+        the specs' C(no_log) options, so messages can still show the other values.
     type: dict
     default: {}
+  specs:
+    description:
+      - Role name to the options of that role's C(main) entry point in its C(meta/argument_specs.yml),
+        for every role the host's groups run.
+    type: dict
+    default: {}
+  spec_errors:
+    description:
+      - What C(ansible.builtin.validate_argument_spec) refused, one item per role.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      role:
+        description: The role whose spec was checked.
+        type: str
+        required: true
+      errors:
+        description: The error messages (C(argument_errors)).
+        type: list
+        elements: str
+        default: []
   models:
     description: The C(fleet_models) catalog.
     type: dict
     default: {}
+  gpu:
+    description:
+      - The host's C(ansible_facts.gpu) as C(llmfleet.fleet.gpu_facts) read it; when given, instances
+        without C(gpu_ids) may not ask for more tensor x pipeline parallelism than its C(count).
+      - Leave it out on the first call; RV(facts_needed) says whether the host's GPUs must be read.
+    type: dict
 attributes:
   check_mode:
     support: full
+    description: Reads only; runs the same way in check mode.
   diff_mode:
     support: none
+    description: Nothing changes, so there is no diff.
 author:
-  - llm-fleet maintainers
+  - llm-fleet maintainers (@llmfleet)
 """
 
 EXAMPLES = r"""
 - name: Refuse an inconsistent inventory
-  fleet_validate:
+  llmfleet.fleet.fleet_validate:
     host: "{{ inventory_hostname }}"
     host_groups: "{{ group_names }}"
     groups: "{{ groups }}"
+    specs:
+      vllm_service: "{{ (lookup('ansible.builtin.file', 'roles/vllm_service/meta/argument_specs.yml')
+        | from_yaml).argument_specs.main.options }}"
     settings:
-      vllm_service_runtime: "{{ vllm_service_runtime | default('docker') }}"
+      vllm_service_runtime: "{{ vllm_service_runtime | default('systemd') }}"
       vllm_service_instances: "{{ vllm_service_instances | default([]) }}"
     models: "{{ fleet_models | default({}) }}"
   delegate_to: localhost
+  check_mode: false
 """
 
 RETURN = r"""
@@ -65,10 +112,24 @@ errors:
   returned: always
   type: list
   elements: str
+facts_needed:
+  description:
+    - Host facts a check still needs (C(gpu) - an instance asks for more than one GPU without
+      C(gpu_ids) and O(gpu) was not given); read them and call the module again with them.
+  returned: always
+  type: list
+  elements: str
+  sample: [gpu]
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmfleet_inventory import check_models, validate_host
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory import (
+    check_models,
+    needs_gpu_count,
+    secret_values,
+    spec_error_messages,
+    validate_host,
+)
 
 
 def main() -> None:
@@ -77,18 +138,40 @@ def main() -> None:
             "host": {"type": "str", "required": True},
             "host_groups": {"type": "list", "elements": "str", "default": []},
             "groups": {"type": "dict", "default": {}},
-            "settings": {"type": "dict", "default": {}},
+            "settings": {"type": "dict", "default": {}, "no_log": True},
+            "specs": {"type": "dict", "default": {}},
+            "spec_errors": {
+                "type": "list",
+                "elements": "dict",
+                "default": [],
+                "options": {
+                    "role": {"type": "str", "required": True},
+                    "errors": {"type": "list", "elements": "str", "default": []},
+                },
+            },
             "models": {"type": "dict", "default": {}},
+            "gpu": {"type": "dict"},
         },
         supports_check_mode=True,
     )
     p = module.params
-    errors = check_models(p["models"]) + validate_host(
-        p["host"], p["host_groups"], p["groups"], p["settings"], p["models"]
+    # no_log on settings kept the whole mapping out of the module's log; from here on mask only the
+    # secrets the specs name, so messages can show the offending ports, names and images.
+    module.no_log_values = secret_values(p["specs"], p["settings"])
+    own = check_models(p["models"]) + validate_host(
+        p["host"], p["host_groups"], p["groups"], p["settings"], p["models"], p["specs"], p["gpu"]
     )
+    errors = list(dict.fromkeys(spec_error_messages(p["host"], p["spec_errors"], own) + own))
+    facts_needed = []
+    if p["gpu"] is None and needs_gpu_count(p["settings"].get("vllm_service_instances")):
+        facts_needed.append("gpu")
     if errors:
-        module.fail_json(msg="inconsistent inventory: " + "; ".join(errors), errors=errors)
-    module.exit_json(changed=False, errors=[])
+        module.fail_json(
+            msg=f"inconsistent inventory ({len(errors)} problem(s)): " + "; ".join(errors),
+            errors=errors,
+            facts_needed=facts_needed,
+        )
+    module.exit_json(changed=False, errors=[], facts_needed=facts_needed)
 
 
 if __name__ == "__main__":

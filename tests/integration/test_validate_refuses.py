@@ -1,8 +1,14 @@
-"""site.yml refuses an inconsistent inventory in its first play, before any host is touched.
+"""site.yml refuses a bad inventory in its first play, before any host is touched.
 
-These run the real site.yml through the real ansible-runner wrapper (``llmfleet deploy``); the
-hosts in these inventories do not exist, so any task that reached them would show up as a failure
-of its own, not of the validate task.
+These run the real site.yml through the real ansible-runner wrapper (what ``llmfleet deploy`` and
+``llmfleet check`` use). The hosts of the bad inventories do not exist (community.docker
+connection to containers that are not there), so any task that reached one would fail or be
+unreachable by itself: the only failure allowed is the validate play's own task. The one
+exception is ``tp-over-gpus``, whose host is this machine (local connection): its check needs the
+host's real GPU count, read by gpu_facts (no nvidia-smi here: 0 GPUs).
+
+The good inventory's hosts are this machine too, so only playbooks/validate.yml is run on it: the
+later plays of site.yml would really install things here.
 """
 
 from __future__ import annotations
@@ -12,27 +18,137 @@ from pathlib import Path
 import pytest
 from llmfleet import runner
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "inventories"
+REPO = Path(__file__).resolve().parent.parent.parent
+FIXTURES = REPO / "tests" / "fixtures" / "inventories"
+VALIDATE_PLAY = "Validate the inventory before any host changes"
+REFUSE = "Refuse an inconsistent inventory"
+REFUSE_GPUS = "Refuse more tensor x pipeline parallelism than the host has GPUs"
+
+BAD = [
+    # (inventory, host, failing task, what the message must say: host, variable, value, what is allowed)
+    (
+        "dup-port",
+        "gpu-a",
+        REFUSE,
+        "vllm_service_instances[1] ('small2').port = 8000 is already used by instance 'small'",
+    ),
+    ("ray-no-head", "ray-w1", REFUSE, "host ray-w1 is in group ray_workers but group ray_head has no host"),
+    (
+        "bad-runtime",
+        "gpu-b",
+        REFUSE,
+        "vllm_service_runtime = 'podman' is not a known runtime; allowed: docker, systemd",
+    ),
+    (
+        "string-for-int",
+        "gpu-c",
+        REFUSE,
+        "host gpu-c: vllm_service_instances[0] ('small').max_model_len = 'lots' is not a valid int",
+    ),
+    (
+        "instance-typo",
+        "gpu-d",
+        REFUSE,
+        "host gpu-d: vllm_service_instances[0] ('small') has an unknown key 'max_model_length'; allowed: api_key,",
+    ),
+    (
+        "bad-pr",
+        "builder-1",
+        REFUSE,
+        "host builder-1: role vllm_build (roles/vllm_build/meta/argument_specs.yml): argument 'vllm_build_pr' "
+        "is of type str and we were unable to convert to int: \"'#12345'\"",
+    ),
+    (
+        "negative-bytes",
+        "gpu-e",
+        REFUSE,
+        "host gpu-e: vllm_service_instances[0] ('small').kv_cache_memory_bytes = -1073741824 is out of range; "
+        "allowed: int in [1, inf)",
+    ),
+    (
+        "image-no-tag",
+        "gpu-f",
+        REFUSE,
+        "host gpu-f: vllm_service_image = 'registry.example.org:5000/vllm/vllm-openai' is not an image reference "
+        "with a tag or digest",
+    ),
+    (
+        "runtime-mismatch",
+        "gpu-g",
+        REFUSE,
+        "host gpu-g: vllm_service_instances[0] ('small').runtime = 'docker' contradicts the host's "
+        "vllm_service_runtime = 'systemd'",
+    ),
+    (
+        "no-instances",
+        "gpu-h",
+        REFUSE,
+        "host gpu-h is in group inference_nodes but vllm_service_instances = []; "
+        "an inference node needs at least one instance",
+    ),
+    (
+        "secret-number",
+        "gpu-i",
+        REFUSE,
+        "host gpu-i: vllm_service_instances[0] ('small').api_key is a secret given as int, not as a string",
+    ),
+    (
+        "tp-over-gpus",
+        "local-gpu",
+        REFUSE_GPUS,
+        "host local-gpu: vllm_service_instances[0] ('small'): tensor_parallel_size x pipeline_parallel_size = 2 "
+        "needs 2 GPUs, but gpu_facts found 0 on the host",
+    ),
+]
 
 
-@pytest.mark.parametrize(
-    ("inventory", "host", "expected"),
-    [
-        ("dup-port", "gpu-a", "vllm_service_instances[1] ('small2').port = 8000 is already used by instance 'small'"),
-        ("ray-no-head", "ray-w1", "host ray-w1 is in group ray_workers but group ray_head has no host"),
-        ("bad-runtime", "gpu-b", "vllm_service_runtime = 'podman' is not a known runtime; allowed: docker, systemd"),
-    ],
-)
-def test_site_refuses_before_any_change(tmp_path, inventory, host, expected):
+def _run(tmp_path: Path, inventory: str, playbook: str = "site.yml", check: bool = False):
     req = runner.RunRequest(
-        playbook="site.yml", inventory=str(FIXTURES / inventory / "hosts.yml"), summary_dir=tmp_path, quiet=True
+        playbook=playbook,
+        inventory=str(FIXTURES / inventory / "hosts.yml"),
+        check=check,
+        summary_dir=tmp_path,
+        quiet=True,
     )
-    rc, summary, path = runner.run(req)
+    return runner.run(req)
+
+
+def _assert_refused_in_first_play(rc, summary, path, host, task, expected):
     assert rc != 0
     assert path.is_file()
+    assert summary["totals"]["changed"] == 0, "no host may change"
+    assert summary["totals"]["unreachable"] == 0, "no task may have tried to reach a host"
+    failed = summary["failed_tasks"]
+    assert [(t["play"], t["task"]) for t in failed] == [(VALIDATE_PLAY, task)], failed
+    assert failed[0]["host"] == host
+    assert expected in failed[0]["message"], failed[0]["message"]
+
+
+@pytest.mark.parametrize(("inventory", "host", "task", "expected"), BAD, ids=[b[0] for b in BAD])
+def test_site_refuses_before_any_change(tmp_path, inventory, host, task, expected):
+    rc, summary, path = _run(tmp_path, inventory)
+    _assert_refused_in_first_play(rc, summary, path, host, task, expected)
+    assert "12345678" not in summary["failed_tasks"][0]["message"], "a secret's value is never shown"
+
+
+def test_check_mode_refuses_too(tmp_path):
+    """``llmfleet check`` (check mode + diff) refuses the same way: the validate tasks, gpu_facts
+    included, run for real."""
+    _, host, task, expected = next(b for b in BAD if b[0] == "tp-over-gpus")
+    rc, summary, path = _run(tmp_path, "tp-over-gpus", check=True)
+    assert summary["mode"] == "check"
+    _assert_refused_in_first_play(rc, summary, path, host, task, expected)
+
+
+@pytest.mark.parametrize("inventory", [FIXTURES / "good" / "hosts.yml", REPO / "inventories" / "lab" / "hosts.yml"])
+def test_good_inventory_passes_the_validate_play(tmp_path, inventory):
+    """The fixture's hosts are this machine, the lab's are containers that need not exist: the
+    validate play reaches neither (no instance asks for GPUs it does not name), so both pass."""
+    req = runner.RunRequest(
+        playbook="playbooks/validate.yml", inventory=str(inventory), check=True, summary_dir=tmp_path, quiet=True
+    )
+    rc, summary, _ = runner.run(req)
+    assert rc == 0, summary["failed_tasks"]
+    assert summary["failed_tasks"] == []
     assert summary["totals"]["changed"] == 0
-    assert summary["totals"]["ok"] == 0, "no task may have run on any host"
-    assert [t["task"] for t in summary["failed_tasks"]] == ["Refuse an inconsistent inventory"]
-    failed = summary["failed_tasks"][0]
-    assert failed["host"] == host
-    assert expected in failed["message"]
+    assert summary["totals"]["ok"] >= 2 * len(summary["hosts"]), "both checks ran on every host"
