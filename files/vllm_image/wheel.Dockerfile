@@ -42,7 +42,7 @@ RUN set -eu; \
 
 FROM ${BASE_IMAGE} AS vllm-openai
 ARG VENV
-ARG RUNTIME_APT_PACKAGES="python3 libnuma1 ca-certificates"
+ARG RUNTIME_APT_PACKAGES="python3 libnuma1 ca-certificates g++ python3-dev"
 ENV DEBIAN_FRONTEND=noninteractive
 COPY ca-bundle.crt /usr/local/share/ca-certificates/llmfleet-extra.crt
 RUN apt-get update -qq \

@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ansible.module_utils.llmfleet_openai import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import (
     DEFAULT_PROMPT,
     EndpointError,
     auth_headers,
@@ -30,6 +31,12 @@ from ansible.module_utils.llmfleet_openai import (
     parse_prometheus_text,
     request,
     summarize_serving_metrics,
+)
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_wait import (
+    Runner,
+    Supervised,
+    docker_state,
+    systemd_state,
 )
 
 CRITICAL = "critical"
@@ -729,14 +736,90 @@ def check_gpus(
 
 
 # --------------------------------------------------------------------------------------------
+# Supervisor: restarts and last exit
+# --------------------------------------------------------------------------------------------
+
+_RUNNING = {"systemd": ("active",), "docker": ("running",)}
+
+
+def check_restarts(sup: Supervised, window_s: float) -> dict[str, Any]:
+    """One ``service`` check from what systemd / Docker says.
+
+    Down, missing or between two starts is critical. Running, but restarted by the supervisor
+    (``NRestarts`` / ``RestartCount`` > 0) with the current server started within ``window_s``, is a
+    warning (degraded): the instance serves, but it just died once, and requests in flight then
+    failed. Restarts longer ago than that are reported and not held against it.
+    """
+    what = f"{sup.kind} {'unit' if sup.kind == 'systemd' else 'container'} {sup.name}"
+    facts = {"value": sup.restarts, "threshold": window_s, "restarts": sup.restarts, "state": sup.state}
+    if sup.error or sup.down:
+        return make_check("service", False, sup.describe(), **facts)
+    if sup.state not in _RUNNING[sup.kind] or (sup.kind == "systemd" and sup.sub_state not in ("running", "")):
+        state = sup.state + (f"/{sup.sub_state}" if sup.sub_state else "")
+        detail = f"{what} is {state}, not running"
+        if sup.restarts:
+            detail += f", after {sup.restarts} restart(s)"
+        if sup.exit_detail:
+            detail += f"; last exit: {sup.exit_detail}"
+        return make_check("service", False, detail, **facts)
+    last_exit = f"; last exit: {sup.exit_detail}" if sup.exit_detail else ""
+    if not sup.restarts:
+        return make_check("service", True, f"{what} is running, never restarted by its supervisor", WARNING, **facts)
+    ago = sup.started_ago_s
+    ago_text = "at an unknown time" if ago is None else f"{ago:.0f} s ago"
+    if ago is None or ago <= window_s:
+        detail = (
+            f"{what} restarted {sup.restarts} time(s); the current server started {ago_text}, within "
+            f"restart_window_s {_fmt(float(window_s))}{last_exit}"
+        )
+        return make_check("service", False, detail, WARNING, **facts)
+    detail = (
+        f"{what} is running; restarted {sup.restarts} time(s), the last {ago_text} (longer ago than "
+        f"restart_window_s {_fmt(float(window_s))}){last_exit}"
+    )
+    return make_check("service", True, detail, WARNING, **facts)
+
+
+def read_supervisor(
+    params: dict[str, Any],
+    run: Runner,
+    monotonic: Callable[[], float] = time.monotonic,
+    now: Callable[[], float] = time.time,
+) -> Supervised | None:
+    """The supervisor state named by ``systemd_unit`` / ``container``; None when neither is given."""
+    if params.get("systemd_unit"):
+        sup = systemd_state(run, params["systemd_unit"], monotonic)
+        if sup.restarts and not sup.error and not sup.exit_detail:
+            sup = systemd_state(run, params["systemd_unit"], monotonic, journal=True)
+        return sup
+    if params.get("container"):
+        return docker_state(run, params["container"], now)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
 # Everything
 # --------------------------------------------------------------------------------------------
 
 
-def run_health(params: dict[str, Any]) -> dict[str, Any]:
-    """All checks the module options ask for -> the module's result (without ``changed``)."""
+def run_health(
+    params: dict[str, Any],
+    run: Runner | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
+    now: Callable[[], float] = time.time,
+) -> dict[str, Any]:
+    """All checks the module options ask for -> the module's result (without ``changed``).
+
+    ``run`` runs a command on the host (the module's ``run_command``); it reads the supervisor
+    when ``systemd_unit`` or ``container`` is given.
+    """
     checks: list[dict[str, Any]] = []
-    result: dict[str, Any] = {"completion": None, "metrics": {}, "files": [], "system": {}}
+    result: dict[str, Any] = {"completion": None, "metrics": {}, "files": [], "system": {}, "supervisor": {}}
+    if run is not None and (params.get("systemd_unit") or params.get("container")):
+        sup = read_supervisor(params, run, monotonic, now)
+        if sup is not None:
+            checks.append(check_restarts(sup, float(params.get("restart_window_s") or 600.0)))
+            result["supervisor"] = sup.as_dict()
     if params.get("url"):
         spec = EndpointSpec(
             url=params["url"],

