@@ -475,7 +475,8 @@ class AsyncConnection:
     ) -> tuple[int, dict[str, str]]:
         if not self.connected:
             await self.connect()
-        assert self.reader is not None and self.writer is not None
+        if self.reader is None or self.writer is None:
+            raise HttpProtocolError(f"connection to {self.host}:{self.port} is not open")
         host_header = self.host if self.port in (80, 443) else f"{self.host}:{self.port}"
         lines = [
             f"{method} {path} HTTP/1.1",
@@ -522,7 +523,8 @@ class AsyncConnection:
         return status, resp_headers
 
     async def iter_body(self) -> AsyncIterator[tuple[float, bytes]]:
-        assert self.reader is not None
+        if self.reader is None:
+            raise HttpProtocolError(f"connection to {self.host}:{self.port} is not open: no response to read")
         kind, length = self._framing
         if kind == "chunked":
             while True:

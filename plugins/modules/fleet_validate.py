@@ -86,7 +86,7 @@ attributes:
     support: none
     description: Nothing changes, so there is no diff.
 author:
-  - llm-fleet maintainers (@llmfleet)
+  - llm-fleet maintainers (!UNKNOWN)
 """
 
 EXAMPLES = r"""

@@ -155,8 +155,9 @@ def test_stream_with_usage_in_the_last_chunk(post, vllm_model: str) -> None:
     assert all(c.get("usage") is None for c in chunks[:-1]), "usage only in the last chunk"
 
 
-def test_prompt_longer_than_max_model_len_is_a_clean_400(post, vllm_url: str, vllm_api_key: str,
-                                                        vllm_model: str) -> None:
+def test_prompt_longer_than_max_model_len_is_a_clean_400(
+    post, vllm_url: str, vllm_api_key: str, vllm_model: str
+) -> None:
     models = request("GET", join_url(vllm_url, "/v1/models"), headers=auth_headers(vllm_api_key or None)).json()
     max_len = next(m.get("max_model_len") or 2048 for m in models["data"] if m["id"] == vllm_model)
     resp = post("/v1/chat/completions", chat(vllm_model, 8, content="hello " * (max_len + 500)))
@@ -164,8 +165,9 @@ def test_prompt_longer_than_max_model_len_is_a_clean_400(post, vllm_url: str, vl
     assert answered(resp) is None
 
 
-def test_still_serves_afterwards_with_no_restart(post, vllm_url: str, vllm_model: str,
-                                                before: dict[str, str]) -> None:
+def test_still_serves_afterwards_with_no_restart(
+    post, vllm_url: str, vllm_model: str, before: dict[str, str]
+) -> None:
     assert request("GET", join_url(vllm_url, "/health"), timeout=30).status == 200
     resp = post("/v1/chat/completions", chat(vllm_model, 32))
     assert resp.status == 200, resp.error_summary()
