@@ -1,0 +1,466 @@
+# Copyright: llm-fleet contributors
+# Apache-2.0
+"""model_sync's source kinds: a local path, another host over SSH (rsync, SFTP fallback), an http(s) URL with
+its sha256 (Range resume), and a Hugging Face hub repository (through huggingface_hub, imported lazily).
+
+Each source lists its files (name, size, mtime, known digest) before any byte moves, so bad input is refused
+first, and fetches a list of names into a staging directory. Standard library and ansible.module_utils only,
+except huggingface_hub for the hub source.
+"""
+
+from __future__ import annotations
+
+import decimal
+import fnmatch
+import hashlib
+import http.client
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import urllib.error
+import urllib.parse
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ansible.module_utils.urls import open_url
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_sync_manifest import (
+    MANIFEST_NAME,
+    READ_SIZE,
+    default_workers,
+    read_manifest,
+    scan_tree,
+)
+
+PINNED_REVISION = re.compile(r"[0-9a-f]{40}")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+SSH_UNREACHABLE_RC = 255
+REMOTE_NO_PATH_RC = 41
+
+
+class SyncError(Exception):
+    """A refusal or failure, with the message the module fails with and details for its result."""
+
+    def __init__(self, msg: str, **details: Any) -> None:
+        super().__init__(msg)
+        self.details = details
+
+
+@dataclass
+class SourceFile:
+    """One file a source holds: size (None when the source cannot say), mtime in ns, the digests it knows."""
+
+    name: str
+    size: int | None
+    mtime_ns: int | None = None
+    sha256: str | None = None
+    git_sha1: str | None = None
+
+
+@dataclass
+class FetchState:
+    """What a fetch tells the caller while it runs and when it is done."""
+
+    current_file: str = ""
+    bytes_transferred: int = 0
+    digests: dict[str, str] = field(default_factory=dict)
+
+
+def is_pinned_revision(revision: str | None) -> bool:
+    """A 40-hex commit sha is pinned. Branch names and tags are not: both can be moved on the hub."""
+    return bool(revision) and PINNED_REVISION.fullmatch(revision) is not None
+
+
+def hub_pattern_matches(name: str, patterns: list[str]) -> bool:
+    """huggingface_hub's pattern rule: fnmatch, and a pattern ending in ``/`` matches everything below it."""
+    return any(fnmatch.fnmatch(name, pattern + "*" if pattern.endswith("/") else pattern) for pattern in patterns)
+
+
+def filter_names(names: list[str], allow: list[str] | None, ignore: list[str] | None) -> list[str]:
+    """The names kept by allow patterns (all when none) minus those matched by ignore patterns."""
+    kept = [name for name in names if not allow or hub_pattern_matches(name, allow)]
+    return [name for name in kept if not ignore or not hub_pattern_matches(name, ignore)]
+
+
+def _copy_and_hash(src: str, dst: str, state: FetchState) -> str:
+    digest = hashlib.sha256()
+    buffer = bytearray(READ_SIZE)
+    view = memoryview(buffer)
+    with open(src, "rb", buffering=0) as reader, open(dst, "wb", buffering=0) as writer:
+        while True:
+            count = reader.readinto(buffer)
+            if not count:
+                break
+            digest.update(view[:count])
+            writer.write(view[:count])
+            state.bytes_transferred += count
+    info = os.stat(src)
+    os.utime(dst, ns=(info.st_atime_ns, info.st_mtime_ns))
+    return digest.hexdigest()
+
+
+class LocalSource:
+    """A directory on the target itself (a shared NFS mount, a training output directory)."""
+
+    kind = "local"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.method = "copy"
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "path": self.path}
+
+    def list_files(self) -> dict[str, SourceFile]:
+        if not os.path.isdir(self.path):
+            raise SyncError(f"src {self.path!r} (source local) is not a directory on this host", src=self.path)
+        known = read_manifest(os.path.join(self.path, MANIFEST_NAME)) or {"files": {}}
+        files = {}
+        for name, info in scan_tree(self.path).items():
+            entry = known["files"].get(name, {})
+            # The source's own manifest counts only for files unchanged since it was written.
+            trusted = entry.get("size") == info["size"] and entry.get("mtime_ns") == info["mtime_ns"]
+            files[name] = SourceFile(name, info["size"], info["mtime_ns"], entry.get("sha256") if trusted else None)
+        return files
+
+    def fetch(self, names: list[str], staging: str, state: FetchState, workers: int | None) -> None:
+        def one(name: str) -> None:
+            target = os.path.join(staging, name)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            state.current_file = name
+            state.digests[name] = _copy_and_hash(os.path.join(self.path, name), target, state)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(default_workers(workers), len(names) or 1))) as pool:
+            for future in [pool.submit(one, name) for name in names]:
+                future.result()
+
+
+class UrlSource:
+    """One file at an http(s) URL with its expected sha256, resumed with Range requests."""
+
+    kind = "url"
+
+    def __init__(self, url: str, sha256: str, filename: str | None, timeout: int, validate_certs: bool) -> None:
+        self.url = url
+        self.sha256 = sha256.lower()
+        self.filename = filename or os.path.basename(urllib.parse.urlparse(url).path)
+        self.timeout = timeout
+        self.validate_certs = validate_certs
+        self.method = "http"
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "url": self.url, "sha256": self.sha256}
+
+    def _open(self, method: str, headers: dict[str, str] | None = None) -> Any:
+        return open_url(
+            self.url,
+            method=method,
+            headers=headers or {},
+            timeout=self.timeout,
+            validate_certs=self.validate_certs,
+            http_agent="llmfleet-model_sync",
+        )
+
+    def list_files(self) -> dict[str, SourceFile]:
+        if not self.filename:
+            raise SyncError(f"url {self.url!r} has no file name in its path; set filename", url=self.url)
+        try:
+            response = self._open("HEAD")
+            length = response.headers.get("Content-Length")
+            response.close()
+        except urllib.error.HTTPError as exc:
+            raise SyncError(f"url {self.url!r} answered HEAD with HTTP {exc.code} {exc.reason}", url=self.url) from exc
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise SyncError(f"url {self.url!r} did not answer: {exc}", url=self.url) from exc
+        size = int(length) if length and length.isdigit() else None
+        return {self.filename: SourceFile(self.filename, size, None, self.sha256)}
+
+    def fetch(self, names: list[str], staging: str, state: FetchState, workers: int | None) -> None:
+        for name in names:
+            self._fetch_one(name, os.path.join(staging, name), state)
+
+    def _fetch_one(self, name: str, target: str, state: FetchState) -> None:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        state.current_file = name
+        offset = os.path.getsize(target) if os.path.exists(target) else 0
+        digest = hashlib.sha256()
+        try:
+            response = self._open("GET", {"Range": f"bytes={offset}-"} if offset else None)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and offset:  # the staged file is already whole: hash it below
+                response = None
+            else:
+                raise SyncError(
+                    f"url {self.url!r} answered GET with HTTP {exc.code} {exc.reason}", url=self.url
+                ) from exc
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise SyncError(f"url {self.url!r} did not answer: {exc}", url=self.url) from exc
+        if response is not None and offset and response.status != 206:
+            offset = 0  # the server ignored Range: start again
+        if offset:
+            with open(target, "rb") as partial:
+                for chunk in iter(lambda: partial.read(READ_SIZE), b""):
+                    digest.update(chunk)
+        if response is None:
+            state.digests[name] = digest.hexdigest()
+            return
+        written = offset
+        length = response.headers.get("Content-Length")
+        expected_end = offset + int(length) if length and length.isdigit() else None
+        try:
+            with response, open(target, "ab" if offset else "wb") as writer:
+                while True:
+                    chunk = response.read(1024 * 1024)
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    writer.write(chunk)
+                    written += len(chunk)
+                    state.bytes_transferred += len(chunk)
+        except (OSError, http.client.HTTPException) as exc:
+            raise SyncError(
+                f"download of {self.url!r} stopped at {written} bytes ({exc}); the part is kept in staging and a"
+                " rerun resumes from it",
+                url=self.url,
+            ) from exc
+        if expected_end is not None and written < expected_end:
+            raise SyncError(
+                f"download of {self.url!r} stopped at {written} of {expected_end} bytes (the server closed the"
+                " connection); the part is kept in staging and a rerun resumes from it",
+                url=self.url,
+            )
+        state.digests[name] = digest.hexdigest()
+
+
+class SshSource:
+    """A directory on another host: rsync over ssh with partial-file resume, SFTP when rsync is missing."""
+
+    kind = "ssh"
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.host = params["remote_host"]
+        self.user = params.get("remote_user")
+        self.port = params.get("remote_port") or 22
+        self.path = params["src"].rstrip("/") or "/"
+        self.key = params.get("ssh_key")
+        self.options = list(params.get("ssh_options") or [])
+        self.rsync_path = params.get("rsync_path") or "rsync"
+        self.transfer = params.get("transfer") or "auto"
+        self.timeout = params.get("timeout") or 30
+        self.method = ""
+        self.remote_manifest: dict[str, Any] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "host": self.host, "path": self.path}
+
+    @property
+    def target(self) -> str:
+        return f"{self.user}@{self.host}" if self.user else self.host
+
+    def ssh_options(self) -> list[str]:
+        opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.timeout}"]
+        if self.key:
+            opts += ["-i", self.key]
+        for option in self.options:
+            opts += ["-o", option]
+        return opts
+
+    def ssh(self, command: str) -> subprocess.CompletedProcess[bytes]:
+        cmd = ["ssh", *self.ssh_options(), "-p", str(self.port), self.target, command]
+        try:
+            return subprocess.run(cmd, capture_output=True, timeout=self.timeout * 4, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise SyncError(
+                f"remote_host {self.host!r} did not answer ssh within {self.timeout * 4}s", host=self.host
+            ) from exc
+
+    def list_files(self) -> dict[str, SourceFile]:
+        path = shlex.quote(self.path)
+        script = (
+            f"if command -v {shlex.quote(self.rsync_path)} >/dev/null 2>&1;"
+            " then echo rsync=yes; else echo rsync=no; fi;"
+            f" cd {path} || exit {REMOTE_NO_PATH_RC};"
+            f" if test -f {MANIFEST_NAME}; then echo manifest=yes; else echo manifest=no; fi;"
+            f" find . -type f ! -path ./{MANIFEST_NAME} ! -path './.llmfleet/*' -printf '%s %T@ %P\\0'"
+        )
+        proc = self.ssh(script)
+        err = proc.stderr.decode(errors="replace").strip()
+        if proc.returncode == SSH_UNREACHABLE_RC:
+            raise SyncError(f"remote_host {self.host!r} (port {self.port}) did not answer ssh: {err}", host=self.host)
+        if proc.returncode == REMOTE_NO_PATH_RC:
+            raise SyncError(f"src {self.path!r} is not a directory on remote_host {self.host!r}: {err}", host=self.host)
+        if proc.returncode != 0:
+            raise SyncError(
+                f"listing src {self.path!r} on remote_host {self.host!r} failed (rc {proc.returncode}): {err}"
+            )
+        head, _, records = proc.stdout.partition(b"manifest=")
+        remote_rsync = b"rsync=yes" in head
+        has_manifest, _, records = records.partition(b"\n")
+        self.method = self._choose_method(remote_rsync)
+        if has_manifest == b"yes":
+            fetched = self.ssh(f"cat {path}/{MANIFEST_NAME}")
+            try:
+                self.remote_manifest = json.loads(fetched.stdout) if fetched.returncode == 0 else None
+            except ValueError:
+                self.remote_manifest = None
+        known = (self.remote_manifest or {}).get("files", {})
+        files = {}
+        for record in records.split(b"\0"):
+            if not record:
+                continue
+            size, mtime, name = record.decode("utf-8", errors="surrogateescape").split(" ", 2)
+            mtime_ns = int(decimal.Decimal(mtime) * 1_000_000_000)
+            entry = known.get(name, {})
+            trusted = entry.get("size") == int(size) and entry.get("mtime_ns") == mtime_ns
+            files[name] = SourceFile(name, int(size), mtime_ns, entry.get("sha256") if trusted else None)
+        return files
+
+    def _choose_method(self, remote_rsync: bool) -> str:
+        local_rsync = shutil.which("rsync") is not None
+        if self.transfer == "sftp" or (self.transfer == "auto" and not (local_rsync and remote_rsync)):
+            return "sftp"
+        if not local_rsync or not remote_rsync:
+            side = "this host" if not local_rsync else f"remote_host {self.host!r} (rsync_path {self.rsync_path!r})"
+            raise SyncError(f"transfer is 'rsync' but rsync is missing on {side}; use transfer: auto or sftp")
+        return "rsync"
+
+    def fetch(self, names: list[str], staging: str, state: FetchState, workers: int | None) -> None:
+        if not names:
+            return
+        state.current_file = names[0] if len(names) == 1 else f"{len(names)} files ({self.method})"
+        cmd, stdin = (
+            self._rsync_command(names, staging) if self.method == "rsync" else self._sftp_command(names, staging)
+        )
+        with tempfile.TemporaryFile() as list_file:
+            list_file.write(stdin)
+            list_file.seek(0)
+            proc = subprocess.run(cmd, stdin=list_file, capture_output=True, check=False)
+        if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip()[-2000:]
+            raise SyncError(
+                f"{self.method} from {self.target}:{self.path} failed (rc {proc.returncode}); partial files stay in"
+                f" staging and a rerun resumes them: {err}",
+                host=self.host,
+            )
+
+    def _rsync_command(self, names: list[str], staging: str) -> tuple[list[str], bytes]:
+        ssh_cmd = shlex.join(["ssh", *self.ssh_options(), "-p", str(self.port)])
+        cmd = [
+            "rsync", "-a", "--partial", "--append-verify", "--from0", "--files-from=-",
+            "-e", ssh_cmd, f"--rsync-path={self.rsync_path}", f"{self.target}:{self.path}/", staging + "/",
+        ]  # fmt: skip
+        return cmd, b"".join(name.encode("utf-8", errors="surrogateescape") + b"\0" for name in names)
+
+    def _sftp_command(self, names: list[str], staging: str) -> tuple[list[str], bytes]:
+        def quoted(text: str) -> str:
+            return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+        lines = []
+        for name in names:
+            os.makedirs(os.path.dirname(os.path.join(staging, name)), exist_ok=True)
+            lines.append(f"reget -p {quoted(self.path + '/' + name)} {quoted(os.path.join(staging, name))}")
+        cmd = ["sftp", "-b", "-", *self.ssh_options(), "-P", str(self.port), self.target]
+        return cmd, ("\n".join(lines) + "\n").encode("utf-8", errors="surrogateescape")
+
+
+def import_huggingface_hub() -> Any:
+    """huggingface_hub, or None when it is not installed (the module then fails with missing_required_lib)."""
+    try:
+        import huggingface_hub
+    except ImportError:
+        return None
+    return huggingface_hub
+
+
+class HubSource:
+    """A Hugging Face hub repository at a pinned revision, fetched file by file with huggingface_hub."""
+
+    kind = "hf"
+
+    def __init__(self, params: dict[str, Any], hub: Any) -> None:
+        self.repo_id = params["repo_id"]
+        self.revision = params["revision"]
+        self.allow = params.get("allow_patterns") or None
+        self.ignore = params.get("ignore_patterns") or None
+        self.token = params.get("token")
+        self.hub = hub
+        self.method = "hub"
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "repo_id": self.repo_id}
+
+    def list_files(self) -> dict[str, SourceFile]:
+        try:
+            info = self.hub.HfApi(token=self.token).model_info(
+                self.repo_id, revision=self.revision, files_metadata=True
+            )
+        except Exception as exc:
+            raise SyncError(
+                f"repo_id {self.repo_id!r} at revision {self.revision!r} could not be listed on the hub: {exc}",
+                repo_id=self.repo_id,
+                revision=self.revision,
+            ) from exc
+        siblings = {sibling.rfilename: sibling for sibling in info.siblings or []}
+        files = {}
+        for name in filter_names(sorted(siblings), self.allow, self.ignore):
+            sibling = siblings[name]
+            lfs = sibling.lfs
+            sha256 = (
+                (getattr(lfs, "sha256", None) or (lfs.get("sha256") if isinstance(lfs, dict) else None))
+                if lfs
+                else None
+            )
+            files[name] = SourceFile(name, sibling.size, None, sha256, None if lfs else sibling.blob_id)
+        if not files:
+            raise SyncError(
+                f"no file of repo_id {self.repo_id!r} at revision {self.revision!r} matches allow_patterns"
+                f" {self.allow} / ignore_patterns {self.ignore}"
+            )
+        return files
+
+    def fetch(self, names: list[str], staging: str, state: FetchState, workers: int | None) -> None:
+        for name in names:
+            state.current_file = name
+            before = os.path.getsize(os.path.join(staging, name)) if os.path.exists(os.path.join(staging, name)) else 0
+            try:
+                self.hub.hf_hub_download(
+                    self.repo_id, name, revision=self.revision, local_dir=staging, token=self.token
+                )
+            except Exception as exc:
+                raise SyncError(
+                    f"download of {name!r} from repo_id {self.repo_id!r} at revision {self.revision!r} failed: {exc}"
+                ) from exc
+            state.bytes_transferred += os.path.getsize(os.path.join(staging, name)) - before
+
+
+def hub_cached_files(snapshot_dir: str, blobs_dir: str) -> tuple[dict[str, str], list[str]]:
+    """Files of a cached hub snapshot (name -> blob path) and the names whose blob is missing."""
+    present, missing = {}, []
+    for directory, dirnames, filenames in os.walk(snapshot_dir):
+        dirnames.sort()
+        for filename in filenames:
+            full = os.path.join(directory, filename)
+            name = os.path.relpath(full, snapshot_dir).replace(os.sep, "/")
+            real = os.path.realpath(full)
+            if not os.path.isfile(real):
+                missing.append(name)
+            else:
+                present[name] = real
+    return present, sorted(missing)
+
+
+def blob_digest_problem(name: str, blob: str, hash_sha256: Callable[[str], str], hash_git: Callable[[str], str]) -> str:
+    """Why a hub blob's content does not match the name the hub gave it (sha256 for LFS, git sha1 otherwise)."""
+    blob_name = os.path.basename(blob)
+    if SHA256_HEX.fullmatch(blob_name):
+        actual = hash_sha256(blob)
+    elif PINNED_REVISION.fullmatch(blob_name):
+        actual = hash_git(blob)
+    else:
+        return ""
+    return "" if actual == blob_name else f"{name}: blob {blob_name} holds content with digest {actual}"
