@@ -39,11 +39,9 @@ from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_bench impo
     run_load,
     synthetic_prompts,
 )
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import (  # noqa: E402
-    join_url,
-    parse_prometheus_text,
-    request,
-)
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_http import request  # noqa: E402
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import join_url  # noqa: E402
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_prometheus import parse_prometheus_text  # noqa: E402
 
 VLLM_BENCH = (
     "import sys\n"

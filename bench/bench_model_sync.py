@@ -196,7 +196,9 @@ def main() -> None:
         t_v1, v1 = timed(lambda: read_info({"dest": params["dest"], "verify": "full", "workers": 1}))
         t_v2, v2 = timed(lambda: read_info({"dest": params["dest"], "verify": "full", "workers": 2}))
         assert v1["verified"] and v2["verified"]
-        rate = lambda seconds: size / MiB / seconds  # noqa: E731 - a one-line unit conversion
+        def rate(seconds: float) -> float:
+            return size / MiB / seconds
+
         print(f"full verify: sha256sum 1 core {rate(t_sum1):.0f} MiB/s, 2 cores {rate(t_sum2):.0f} MiB/s; "
               f"model_sync 1 thread {rate(t_v1):.0f} MiB/s ({t_sum1 / t_v1:.2f} of sha256sum), "
               f"2 threads {rate(t_v2):.0f} MiB/s ({t_v1 / t_v2:.2f}x one thread)")  # fmt: skip

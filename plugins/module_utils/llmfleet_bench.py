@@ -28,10 +28,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_async_http import AsyncPool, StaleConnectionError
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_http import EndpointError
 from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import (
-    AsyncPool,
-    EndpointError,
-    StaleConnectionError,
     auth_headers,
     completion_path,
     completion_payload,

@@ -18,18 +18,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_http import EndpointError, check_port, request
 from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import (
     DEFAULT_PROMPT,
-    EndpointError,
     auth_headers,
-    check_port,
     complete,
     host_port,
     join_url,
     model_ids,
     normalize_base_url,
+)
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_prometheus import (
     parse_prometheus_text,
-    request,
     summarize_serving_metrics,
 )
 from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_wait import (

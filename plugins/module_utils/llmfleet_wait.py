@@ -27,12 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_http import EndpointError, request
 from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import (
-    EndpointError,
     auth_headers,
     completion_path,
     completion_payload,
-    request,
 )
 
 Runner = Callable[[list[str]], tuple[int, str, str]]
@@ -187,8 +186,12 @@ def docker_state(run: Runner, container: str, now: Callable[[], float] = time.ti
     """Read a container's restart count and state with ``docker inspect``."""
     rc, out, err = run(["docker", "inspect", "-f", "{{.RestartCount}} {{json .State}}", container])
     if rc != 0:
-        return Supervised("docker", container, state="missing",
-                          error=f"docker container {container} is missing ({(err or out).strip()})")
+        return Supervised(
+            "docker",
+            container,
+            state="missing",
+            error=f"docker container {container} is missing ({(err or out).strip()})",
+        )
     count, _, state_json = out.strip().partition(" ")
     try:
         state = json.loads(state_json)
@@ -196,8 +199,13 @@ def docker_state(run: Runner, container: str, now: Callable[[], float] = time.ti
         state = {}
     if not isinstance(state, dict):
         state = {}
-    sup = Supervised("docker", container, restarts=_int(count), state=str(state.get("Status") or "unknown"),
-                     main_pid=_int(state.get("Pid")))
+    sup = Supervised(
+        "docker",
+        container,
+        restarts=_int(count),
+        state=str(state.get("Status") or "unknown"),
+        main_pid=_int(state.get("Pid")),
+    )
     started = _docker_time(str(state.get("StartedAt") or ""))
     if started is not None and state.get("Running"):
         sup.started_ago_s = max(0.0, now() - started)
@@ -355,19 +363,26 @@ def wait_healthy(
                 reason = f"the probe request ({probe_api} completion with logprobs) failed: {probe_facts['detail']}"
             else:
                 reason = (
-                    f"/v1/models answered {mstatus}" if mstatus != 200 else
-                    f"/v1/models lists {names}, missing {missing}"
+                    f"/v1/models answered {mstatus}"
+                    if mstatus != 200
+                    else f"/v1/models lists {names}, missing {missing}"
                 )
         if supervisor:
             sup = supervisor()
             restarts = max(0, sup.restarts - base_restarts)
             if restarts > max_restarts:
-                return WaitResult(False, clock() - start, restarts,
-                                  f"the service restarted {restarts} times while starting (crash loop); "
-                                  f"{sup.describe()}; last: {reason}", probe=probe_facts)
+                return WaitResult(
+                    False,
+                    clock() - start,
+                    restarts,
+                    f"the service restarted {restarts} times while starting (crash loop); "
+                    f"{sup.describe()}; last: {reason}",
+                    probe=probe_facts,
+                )
             if sup.down or sup.error:
-                return WaitResult(False, clock() - start, restarts, f"{sup.describe()}; last: {reason}",
-                                  probe=probe_facts)
+                return WaitResult(
+                    False, clock() - start, restarts, f"{sup.describe()}; last: {reason}", probe=probe_facts
+                )
         if clock() - start >= timeout:
             return WaitResult(False, clock() - start, restarts, f"{reason} after {timeout:.0f} s", probe=probe_facts)
         sleep(interval)

@@ -172,6 +172,8 @@ notes:
     C(vllm bench serve) does.
   - Run it with C(delegate_to) localhost or on a load-generator host; at high rates the generator needs a
     CPU core of its own.
+  - The load generator connects to the endpoint directly; proxy environment variables are not used
+    for the measured requests.
 seealso:
   - module: llmfleet.fleet.llm_health
 """

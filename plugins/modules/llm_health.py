@@ -196,7 +196,8 @@ options:
 notes:
   - Tokens/s is the completion's output tokens divided by the whole request time (prefill included),
     measured without streaming; use M(llmfleet.fleet.llm_bench) for TTFT and inter-token latency.
-  - Proxy environment variables are ignored; the module talks to the endpoint directly.
+  - Proxies follow the standard environment variables (C(http_proxy), C(https_proxy), C(no_proxy)), except
+    that a loopback endpoint (C(localhost), C(127.0.0.0/8), C(::1)) is always reached directly.
 seealso:
   - module: llmfleet.fleet.llm_bench
 """

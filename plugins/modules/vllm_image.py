@@ -269,7 +269,8 @@ duration_s:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image import ImageError, run_vllm_image
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image import run_vllm_image
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image_error import ImageError
 
 
 def main() -> None:

@@ -86,6 +86,9 @@ attributes:
     support: none
 extends_documentation_fragment:
   - llmfleet.fleet.attributes
+notes:
+  - Proxies follow the standard environment variables (C(http_proxy), C(https_proxy), C(no_proxy)), except
+    that a loopback endpoint (C(localhost), C(127.0.0.0/8), C(::1)) is always reached directly.
 author:
   - llm-fleet maintainers (!UNKNOWN)
 """

@@ -21,12 +21,8 @@ import subprocess
 from typing import Any
 
 import pytest
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import (
-    HttpResponse,
-    auth_headers,
-    join_url,
-    request,
-)
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_http import HttpResponse, request
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import auth_headers, join_url
 
 pytestmark = pytest.mark.lab
 

@@ -17,8 +17,8 @@ from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_bench impo
     run_load,
     synthetic_prompts,
 )
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import (
-    join_url,
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import join_url
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_prometheus import (
     parse_prometheus_text,
     summarize_serving_metrics,
 )

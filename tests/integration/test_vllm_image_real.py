@@ -19,12 +19,10 @@ from typing import Any
 
 import docker
 import pytest
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image import (
-    HASH_LABEL,
-    ImageError,
-    read_progress,
-    run_vllm_image,
-)
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_build_context import HASH_LABEL
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image import run_vllm_image
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image_error import ImageError
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_progress import read_progress
 
 pytestmark = pytest.mark.lab
 

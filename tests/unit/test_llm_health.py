@@ -1,4 +1,5 @@
-"""llm_health's pure helpers (llmfleet_openai, llmfleet_health) and the module on file/system checks.
+"""llm_health's pure helpers (llmfleet_openai, llmfleet_http, llmfleet_prometheus, llmfleet_health) and the
+module on file/system checks.
 
 Endpoint behaviour against a real server is in tests/integration/test_llm_health_real.py.
 """
@@ -38,15 +39,16 @@ from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_health imp
     run_health,
     unexpected_tensor_types,
 )
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_http import HttpResponse, check_port
 from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import (
-    HttpResponse,
-    check_port,
     completion_payload,
     host_port,
     join_url,
     model_ids,
     normalize_base_url,
     parse_completion,
+)
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_prometheus import (
     parse_prometheus_text,
     summarize_serving_metrics,
 )

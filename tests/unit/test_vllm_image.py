@@ -14,20 +14,21 @@ from typing import Any
 import ansible_module
 import pytest
 import vllm_image
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image import (
-    BuildProgress,
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_build_context import (
     FileDigestCache,
-    ImageError,
     collect_context,
     content_hash,
     context_manifest,
-    decide,
+)
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_dockerfile import (
     dockerfile_base_images,
     dockerfile_stages,
     needs_buildkit,
-    registry_of,
-    split_reference,
 )
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image import decide
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image_error import ImageError
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image_ref import registry_of, split_reference
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_progress import BuildProgress
 
 REPO = Path(__file__).resolve().parents[2]
 H1 = "sha256:" + "1" * 64
@@ -365,7 +366,7 @@ def test_password_is_no_log() -> None:
 
 
 def test_sink_writes_plain_log_and_progress_file(tmp_path: Path) -> None:
-    from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image import ProgressSink, read_progress
+    from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_progress import ProgressSink, read_progress
 
     log = tmp_path / "b.log"
     log.write_text("previous build\n")
