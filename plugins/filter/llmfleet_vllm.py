@@ -24,17 +24,28 @@ VALUE_FLAGS = {
 }
 
 
-def _model_source(name: str, entry: dict) -> tuple[str, list[str]]:
+def _model_source(name: str, entry: dict, local_path: str | None = None) -> tuple[str, list[str]]:
+    if local_path:  # where the model_cache role put (or found) it on this host
+        return str(local_path), []
     source = entry.get("source") or {}
     if source.get("path"):
         return str(source["path"]), []
     if source.get("hf"):
         return str(source["hf"]), ["--revision", str(source.get("revision", "main"))]
-    raise AnsibleFilterError(f"fleet_models[{name!r}].source has no path or hf entry vLLM can serve")
+    raise AnsibleFilterError(
+        f"fleet_models[{name!r}].source has no path or hf entry vLLM can serve, and the model_cache role gave no "
+        "local path for it (model_cache_paths); run the model_cache role first (vllm_service includes it)"
+    )
 
 
-def resolve_instance(instance: dict, models: dict, defaults: dict | None = None) -> dict:
-    """One instance, resolved: name, port, served names, model source, args (list), env (dict)."""
+def resolve_instance(
+    instance: dict, models: dict, defaults: dict | None = None, local_paths: dict | None = None
+) -> dict:
+    """One instance, resolved: name, port, served names, model source, args (list), env (dict).
+
+    ``local_paths`` (the model_cache role's ``model_cache_paths``: catalog name -> directory on this
+    host) takes precedence over the catalog's source: such a model is served from that path.
+    """
     inst = {**(defaults or {}), **instance}
     model_name = inst.get("model")
     if model_name not in models:
@@ -43,7 +54,8 @@ def resolve_instance(instance: dict, models: dict, defaults: dict | None = None)
             f"(known: {', '.join(sorted(models)) or 'none'})"
         )
     entry = models[model_name] or {}
-    source, source_args = _model_source(model_name, entry)
+    local_path = (local_paths or {}).get(model_name)
+    source, source_args = _model_source(model_name, entry, local_path)
     served = inst.get("served_model_name") or entry.get("served_name") or model_name
     served_names = [served] if isinstance(served, str) else [str(s) for s in served]
     if inst.get("max_model_len") is None and entry.get("context_length"):
@@ -87,7 +99,7 @@ def resolve_instance(instance: dict, models: dict, defaults: dict | None = None)
         "served_names": served_names,
         "model": model_name,
         "model_source": source,
-        "model_is_path": bool((entry.get("source") or {}).get("path")),
+        "model_is_path": bool(local_path or (entry.get("source") or {}).get("path")),
         "args": args,
         "env": env,
         "gpu_ids": [int(g) for g in inst.get("gpu_ids") or []],
@@ -122,8 +134,10 @@ def pip_missing(requirements: list[str], freeze: str) -> list[str]:
     return missing
 
 
-def vllm_instances(instances: list[dict], models: dict, defaults: dict | None = None) -> list[dict]:
-    return [resolve_instance(i, models or {}, defaults) for i in instances or []]
+def vllm_instances(
+    instances: list[dict], models: dict, defaults: dict | None = None, local_paths: dict | None = None
+) -> list[dict]:
+    return [resolve_instance(i, models or {}, defaults, local_paths) for i in instances or []]
 
 
 def vllm_with_api_keys(resolved: list[dict], key_reads: list[dict] | None) -> list[dict]:

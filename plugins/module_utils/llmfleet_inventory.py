@@ -25,7 +25,10 @@ RUNTIMES = ("docker", "systemd")
 # vllm_service_runtime when the host does not set it: the role's default (roles/vllm_service/defaults).
 DEFAULT_RUNTIME = "systemd"
 INSTANCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
-MODEL_SOURCE_KINDS = ("hf", "path", "url")
+MODEL_SOURCE_KINDS = ("hf", "path", "ssh", "url")
+# A pinned Hugging Face revision: a commit sha (branches and tags can be moved on the hub; model_sync
+# refuses them too).
+HF_REVISION_RE = re.compile(r"^[0-9a-f]{40}$")
 
 # What a role's meta/argument_specs.yml says beyond types and choices, in an option's description
 # (ansible-lint's schema allows no other keys in a spec entry, and ansible-doc shows the description,
@@ -274,12 +277,22 @@ def check_groups(host: str, host_groups: list[str], groups: dict[str, list[str]]
     return errors
 
 
-def check_models(models: Any) -> list[str]:
-    """The fleet_models catalog: each entry has exactly one source kind, hf sources pin a revision."""
+def _inventory_hosts(groups: Any) -> set[str] | None:
+    """Every host name of the inventory (``groups``, as Ansible gives it), or None when not given."""
+    if not isinstance(groups, dict) or not groups:
+        return None
+    return {str(h) for members in groups.values() if isinstance(members, list) for h in members}
+
+
+def check_models(models: Any, groups: Any = None) -> list[str]:
+    """The fleet_models catalog: each entry has exactly one source kind, hf sources pin a commit, url
+    sources carry a sha256, path and ssh paths are absolute, and an ssh source names an inventory host
+    (checked when ``groups``, the inventory's groups, is given)."""
     if models in (None, ""):
         return []
     if not isinstance(models, dict):
         return [f"fleet_models must be a mapping of model name to entry, got {type(models).__name__}"]
+    hosts = _inventory_hosts(groups)
     errors = []
     for name, entry in models.items():
         where = f"fleet_models[{name!r}]"
@@ -290,6 +303,13 @@ def check_models(models: Any) -> list[str]:
         if not isinstance(source, dict):
             errors.append(f"{where}.source must be a mapping with one of {', '.join(MODEL_SOURCE_KINDS)}")
             continue
+        unknown = sorted(set(source) - set(MODEL_SOURCE_KINDS) - {"revision", "sha256"})
+        if unknown:
+            errors.append(
+                f"{where}.source has unknown key(s) {', '.join(map(repr, unknown))}; allowed source kinds: "
+                f"{', '.join(MODEL_SOURCE_KINDS)} (with revision for hf, sha256 for url)"
+            )
+            continue
         kinds = [k for k in MODEL_SOURCE_KINDS if source.get(k)]
         if len(kinds) != 1:
             errors.append(
@@ -298,11 +318,44 @@ def check_models(models: Any) -> list[str]:
             )
             continue
         if kinds == ["hf"] and not source.get("revision"):
-            errors.append(f"{where}.source.hf = {source['hf']!r} needs a pinned source.revision (a commit or tag)")
+            errors.append(f"{where}.source.hf = {source['hf']!r} needs a pinned source.revision (a 40-hex commit sha)")
+        elif kinds == ["hf"] and not HF_REVISION_RE.match(str(source["revision"])):
+            errors.append(
+                f"{where}.source.revision = {source['revision']!r} is not pinned; allowed: a 40-hex commit sha "
+                "(branch names and tags can be moved on the hub)"
+            )
         if kinds == ["url"] and not re.fullmatch(r"[0-9a-f]{64}", str(source.get("sha256", ""))):
             errors.append(f"{where}.source.url needs source.sha256 (64 hex digits), got {source.get('sha256')!r}")
         if kinds == ["path"] and not str(source["path"]).startswith("/"):
             errors.append(f"{where}.source.path = {source['path']!r} must be an absolute path")
+        if kinds == ["ssh"]:
+            errors += _check_ssh_source(where, source["ssh"], hosts)
+    return errors
+
+
+def _check_ssh_source(where: str, ssh: Any, hosts: set[str] | None) -> list[str]:
+    if not isinstance(ssh, dict):
+        return [f"{where}.source.ssh = {ssh!r} must be a mapping {{host: <inventory host>, path: <absolute dir>}}"]
+    errors = []
+    unknown = sorted(set(ssh) - {"host", "path", "user", "port"})
+    if unknown:
+        errors.append(
+            f"{where}.source.ssh has unknown key(s) {', '.join(map(repr, unknown))}; allowed: host, path, user, port"
+        )
+    host = ssh.get("host")
+    if not isinstance(host, str) or not host:
+        errors.append(f"{where}.source.ssh.host = {host!r} must name an inventory host")
+    elif hosts is not None and host not in hosts:
+        errors.append(
+            f"{where}.source.ssh.host = {host!r} is not a host of this inventory; allowed: an inventory host "
+            "(the model's source must be managed here, so its key can be authorized)"
+        )
+    path = ssh.get("path")
+    if not isinstance(path, str) or not path.startswith("/"):
+        errors.append(f"{where}.source.ssh.path = {path!r} must be an absolute directory path on the source host")
+    port = ssh.get("port")
+    if port is not None and (not _is_int(port) or not 0 < port < 65536):
+        errors.append(f"{where}.source.ssh.port = {port!r} is not a TCP port; allowed: int in [1, 65535]")
     return errors
 
 

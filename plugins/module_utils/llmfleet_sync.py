@@ -383,7 +383,8 @@ def commit_hub(
     layout: Layout, names: list[str], files: dict[str, SourceFile], digests: dict[str, str], ref: str
 ) -> None:
     """Move staged files into ``blobs/``, build the snapshot of symlinks beside it and swap it in, then the ref."""
-    assert layout.hub_repo_dir is not None
+    if layout.hub_repo_dir is None:
+        raise SyncError("internal: commit_hub needs a hub layout (source hf)")
     blobs = os.path.join(layout.hub_repo_dir, "blobs")
     os.makedirs(blobs, exist_ok=True)
     snapshot = os.path.join(layout.work_dir, "snapshot")
@@ -519,7 +520,8 @@ def verify_hub_offline(params: dict[str, Any]) -> dict[str, Any]:
     """With HF_HUB_OFFLINE: check that the cache holds the revision and every wanted file, verify, change nothing."""
     layout = layout_for(params)
     repo_id, revision = params["repo_id"], params["revision"]
-    assert layout.hub_repo_dir is not None
+    if layout.hub_repo_dir is None:
+        raise SyncError("internal: verify_hub_offline needs a hub layout (source hf)")
     if not os.path.isdir(layout.model_dir):
         raise SyncError(
             f"offline (HF_HUB_OFFLINE): revision {revision!r} of repo_id {repo_id!r} is not in the cache at"
@@ -648,4 +650,6 @@ def validate_params(params: dict[str, Any]) -> str:
         return f"workers {params['workers']} must be 0 (one per core) or a positive number of threads"
     if (params.get("free_space_reserve_mb") or 0) < 0:
         return f"free_space_reserve_mb {params['free_space_reserve_mb']} must not be negative"
+    if (params.get("bwlimit_kbps") or 0) < 0:
+        return f"bwlimit_kbps {params['bwlimit_kbps']} must be 0 (no limit) or a positive number of KiB/s"
     return ""

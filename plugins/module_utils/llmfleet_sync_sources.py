@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible.module_utils.urls import open_url
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_http import open_http
 from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_sync_manifest import (
     MANIFEST_NAME,
     READ_SIZE,
@@ -157,13 +157,13 @@ class UrlSource:
         return {"kind": self.kind, "url": self.url, "sha256": self.sha256}
 
     def _open(self, method: str, headers: dict[str, str] | None = None) -> Any:
-        return open_url(
+        """The project's one HTTP path (llmfleet_http): proxies from the environment, loopback direct."""
+        return open_http(
+            method,
             self.url,
-            method=method,
-            headers=headers or {},
+            headers={"User-Agent": "llmfleet-model_sync", **(headers or {})},
             timeout=self.timeout,
             validate_certs=self.validate_certs,
-            http_agent="llmfleet-model_sync",
         )
 
     def list_files(self) -> dict[str, SourceFile]:
@@ -251,6 +251,7 @@ class SshSource:
         self.options = list(params.get("ssh_options") or [])
         self.rsync_path = params.get("rsync_path") or "rsync"
         self.transfer = params.get("transfer") or "auto"
+        self.bwlimit_kbps = int(params.get("bwlimit_kbps") or 0)
         self.timeout = params.get("timeout") or 30
         self.method = ""
         self.remote_manifest: dict[str, Any] | None = None
@@ -352,6 +353,7 @@ class SshSource:
         ssh_cmd = shlex.join(["ssh", *self.ssh_options(), "-p", str(self.port)])
         cmd = [
             "rsync", "-a", "--partial", "--append-verify", "--from0", "--files-from=-",
+            *([f"--bwlimit={self.bwlimit_kbps}"] if self.bwlimit_kbps > 0 else []),
             "-e", ssh_cmd, f"--rsync-path={self.rsync_path}", f"{self.target}:{self.path}/", staging + "/",
         ]  # fmt: skip
         return cmd, b"".join(name.encode("utf-8", errors="surrogateescape") + b"\0" for name in names)
@@ -364,7 +366,8 @@ class SshSource:
         for name in names:
             os.makedirs(os.path.dirname(os.path.join(staging, name)), exist_ok=True)
             lines.append(f"reget -p {quoted(self.path + '/' + name)} {quoted(os.path.join(staging, name))}")
-        cmd = ["sftp", "-b", "-", *self.ssh_options(), "-P", str(self.port), self.target]
+        limit = ["-l", str(self.bwlimit_kbps * 8)] if self.bwlimit_kbps > 0 else []  # sftp -l takes Kbit/s
+        cmd = ["sftp", "-b", "-", *limit, *self.ssh_options(), "-P", str(self.port), self.target]
         return cmd, ("\n".join(lines) + "\n").encode("utf-8", errors="surrogateescape")
 
 

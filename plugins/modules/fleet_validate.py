@@ -158,7 +158,7 @@ def main() -> None:
     # no_log on settings kept the whole mapping out of the module's log; from here on mask only the
     # secrets the specs name, so messages can show the offending ports, names and images.
     module.no_log_values = secret_values(p["specs"], p["settings"])
-    own = check_models(p["models"]) + validate_host(
+    own = check_models(p["models"], p["groups"]) + validate_host(
         p["host"], p["host_groups"], p["groups"], p["settings"], p["models"], p["specs"], p["gpu"]
     )
     errors = list(dict.fromkeys(spec_error_messages(p["host"], p["spec_errors"], own) + own))

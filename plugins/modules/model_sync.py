@@ -107,6 +107,12 @@ options:
     description: The rsync command on O(remote_host).
     type: str
     default: rsync
+  bwlimit_kbps:
+    description:
+      - With O(source=ssh), limit the transfer to this many KiB/s (rsync C(--bwlimit), SFTP C(-l) in Kbit/s); V(0)
+        means no limit.
+    type: int
+    default: 0
   transfer:
     description:
       - V(auto) uses rsync (C(--partial --append-verify)) when it is on both sides, else SFTP (C(reget), which resumes).
@@ -308,6 +314,7 @@ ARGUMENT_SPEC = {
     "ssh_key": {"type": "path", "no_log": False},
     "ssh_options": {"type": "list", "elements": "str", "default": []},
     "rsync_path": {"type": "str", "default": "rsync"},
+    "bwlimit_kbps": {"type": "int", "default": 0},
     "transfer": {"type": "str", "choices": ["auto", "rsync", "sftp"], "default": "auto"},
     "url": {"type": "str"},
     "sha256": {"type": "str"},

@@ -23,7 +23,10 @@ from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory 
 )
 
 ROLES = Path(__file__).resolve().parent.parent.parent / "roles"
-MODELS = {"small": {"source": {"path": "/models/small"}}, "big": {"source": {"hf": "org/big", "revision": "abc"}}}
+MODELS = {
+    "small": {"source": {"path": "/models/small"}},
+    "big": {"source": {"hf": "org/big", "revision": "0123456789abcdef0123456789abcdef01234567"}},
+}
 
 
 def role_spec(role):
