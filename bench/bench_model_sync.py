@@ -196,6 +196,7 @@ def main() -> None:
         t_v1, v1 = timed(lambda: read_info({"dest": params["dest"], "verify": "full", "workers": 1}))
         t_v2, v2 = timed(lambda: read_info({"dest": params["dest"], "verify": "full", "workers": 2}))
         assert v1["verified"] and v2["verified"]
+
         def rate(seconds: float) -> float:
             return size / MiB / seconds
 

@@ -87,8 +87,8 @@ def test_vllm_serves_a_cached_model_from_its_path():
     assert resolved[0]["args"][:2] == ["--model", "/c/hf/snap"] and "--revision" not in resolved[0]["args"]
     assert resolved[0]["model_is_path"] is True
     assert resolved[1]["args"][:2] == ["--model", "/data/models/p"], "path sources keep their path"
-    assert vllm_instances(inst[:1], CATALOG)[0]["args"][:4] == ["--model", CATALOG["by-hf"]["source"]["hf"],
-                                                              "--revision", REV]  # fmt: skip
+    expected = ["--model", CATALOG["by-hf"]["source"]["hf"], "--revision", REV]
+    assert vllm_instances(inst[:1], CATALOG)[0]["args"][:4] == expected
     with pytest.raises(AnsibleFilterError, match="model_cache_paths"):
         vllm_instances([{"name": "c", "model": "by-ssh", "port": 8002}], CATALOG)
 
