@@ -484,6 +484,10 @@ def validate_host(
     """
     errors = check_groups(host, host_groups, groups)
     errors += check_role_specs(host, specs or {}, settings)
+    # A role's own validate step passes only its own spec and settings (vllm_build on a builder that
+    # is also an inference node): the instance checks belong to vllm_service's, and site.yml's.
+    if specs and "vllm_service" not in specs:
+        return errors
     instances = settings.get("vllm_service_instances")
     if "inference_nodes" in host_groups and (instances in (None, "") or instances == []):
         errors.append(

@@ -47,6 +47,17 @@ def errors_for(instances, runtime="systemd", models=MODELS, groups=("inference_n
     return validate_host("gpu1", list(groups), {"inference_nodes": ["gpu1"]}, settings, models, SPECS, gpu)
 
 
+def test_a_role_validate_checks_only_its_own_role():
+    """vllm_build's own validate step on a builder that is also an inference node sees only the
+    vllm_build settings: the instance checks are vllm_service's (and site.yml's) business."""
+    groups = ["inference_nodes", "vllm_builders"]
+    settings = {"vllm_build_image": "llmfleet/vllm", "vllm_build_tag": "1.0"}
+    only_build = {"vllm_build": SPECS["vllm_build"]}
+    assert validate_host("gpu1", groups, {"inference_nodes": ["gpu1"]}, settings, MODELS, only_build) == []
+    every_role = validate_host("gpu1", groups, {"inference_nodes": ["gpu1"]}, settings, MODELS, SPECS)
+    assert any("needs at least one instance" in e for e in every_role)
+
+
 def test_consistent_host_has_no_errors():
     assert errors_for([inst("a", 8000), inst("b", 8001, "big", gpu_ids=[0, 1], tensor_parallel_size=2)]) == []
 
