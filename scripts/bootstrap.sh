@@ -9,7 +9,8 @@ VENV=${VENV:-.venv}
 
 system() {
   # openssh-server: the model_sync tests run sshd on 127.0.0.1 (rsync over ssh, the SFTP fallback).
-  local want=(debootstrap rsync curl iproute2 git ca-certificates openssh-server)
+  # prometheus, prometheus-alertmanager: promtool and amtool check the observability stack's files.
+  local want=(debootstrap rsync curl iproute2 git ca-certificates openssh-server prometheus prometheus-alertmanager)
   if ! docker info >/dev/null 2>&1 && ! command -v dockerd >/dev/null; then want+=(docker.io); fi
   local missing=()
   for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

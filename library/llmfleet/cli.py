@@ -121,6 +121,22 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from llmfleet import models
+
+    if args.action in ("add", "remove") and not args.name:
+        print(f"llmfleet models {args.action}: --name is required", file=sys.stderr)
+        return 2
+    if args.action == "add" and not args.backend_url:
+        print("llmfleet models add: --backend-url is required (the backend's OpenAI API, .../v1)", file=sys.stderr)
+        return 2
+    return models.run(
+        args.action, inventory=args.inventory, name=args.name or "", display_name=args.display_name,
+        backend_url=args.backend_url or "", backend_model=args.backend_model, kind=args.kind,
+        input_cost=args.input_cost, output_cost=args.output_cost, apply=not args.no_apply, as_json=args.json,
+    )
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from llmfleet import report
 
@@ -173,6 +189,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="model: rebuild even if cached")
     p.add_argument("--json", action="store_true", help="status: print JSON")
     p.set_defaults(func=cmd_lab)
+
+    p = sub.add_parser("models", help="the gateway's model registry (model_mappings): list, add, remove")
+    p.add_argument("action", choices=["list", "add", "remove"])
+    p.add_argument("-i", "--inventory")
+    p.add_argument("--name", help="add/remove: the model name clients ask for")
+    p.add_argument("--display-name")
+    p.add_argument("--backend-url", help="add: the backend's OpenAI API base URL (.../v1)")
+    p.add_argument("--backend-model", help="add: the model name the backend serves (default --name)")
+    p.add_argument("--kind", choices=["vllm", "openai", "llamacpp"], default="openai")
+    p.add_argument("--input-cost", type=float, default=0.0, help="add: price per million input tokens")
+    p.add_argument("--output-cost", type=float, default=0.0, help="add: price per million output tokens")
+    p.add_argument("--no-apply", action="store_true", help="add/remove: do not converge the gateway afterwards")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("report", help="render results (llm_bench / llm_health JSON) as Markdown + HTML")
     p.add_argument("report_args", nargs=argparse.REMAINDER)

@@ -45,7 +45,7 @@ def run_and_print(inventory: str | None, as_json: bool, lab: bool) -> int:
         for row in rows:
             row["address"] = _lab_address(row["host"]) or row["address"]
     for row in rows:
-        row["endpoint"] = f"http://{row['address']}:{row['port']}/v1"
+        row["endpoint"] = f"{row.get('scheme', 'http')}://{row['address']}:{row['port']}/v1"
     if as_json:
         print(json.dumps(rows, indent=2))
     else:

@@ -115,7 +115,8 @@ def pip_missing(requirements: list[str], freeze: str) -> list[str]:
     """Requirements not satisfied by a ``pip freeze`` listing.
 
     ``name==version`` must match exactly (local labels such as ``+cpu`` included); a bare name only
-    has to be installed. Anything else (ranges, URLs) is reported missing, so pip decides.
+    has to be installed. Extras (``litellm[proxy]==1.2``) are matched by the name without them.
+    Anything else (ranges, URLs) is reported missing, so pip decides.
     """
     installed: dict[str, str] = {}
     for line in (freeze or "").splitlines():
@@ -125,7 +126,7 @@ def pip_missing(requirements: list[str], freeze: str) -> list[str]:
     missing = []
     for req in requirements or []:
         name, sep, version = str(req).strip().partition("==")
-        have = installed.get(_canonical(name))
+        have = installed.get(_canonical(re.sub(r"\[[A-Za-z0-9_,.-]*\]$", "", name.strip())))
         if sep and have == version.strip():
             continue
         if not sep and re.fullmatch(r"[A-Za-z0-9_.-]+", name) and have is not None:

@@ -72,6 +72,12 @@ class LabHost:
         """A lab Docker host: drives the controller's daemon through its socket, on the host network."""
         return bool(self.hostvars.get("lab_docker_access", False))
 
+    @property
+    def host_network(self) -> bool:
+        """On this machine's host network (``lab_host_network: true``, and every Docker host): its
+        services listen on this machine's ports, so each lab gives them its own."""
+        return self.docker_access or bool(self.hostvars.get("lab_host_network", False))
+
 
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
@@ -317,7 +323,8 @@ def _container_spec(host: LabHost, image_id: str, caches: Path) -> dict:
         for sub in ("models", "docker-hosts"):
             (caches / sub).mkdir(parents=True, exist_ok=True)
             volumes[str(caches / sub)] = {"bind": str(caches / sub), "mode": "ro" if sub == "models" else "rw"}
-        spec.pop("network")
+    if host.host_network:
+        spec.pop("network", None)
         spec["network_mode"] = "host"
     return spec
 

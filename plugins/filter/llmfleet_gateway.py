@@ -1,0 +1,288 @@
+"""Jinja filters that build the model gateway's configuration from the catalog and the inventory.
+
+Nothing is typed twice: every backend of a model comes from where it is already described —
+``vllm_service_instances`` of every inference host, ``model_gateway_external_backends`` (llama.cpp
+servers, Slurm jobs, endpoints outside the inventory), rows added with ``llmfleet models add`` — and
+its costs from ``fleet_models``. Backend API keys never enter the rendered config: each backend names
+an environment variable (``os.environ/...``) that the gateway's 0600 environment file holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any
+
+from ansible.errors import AnsibleFilterError
+
+# LiteLLM's provider prefix for an OpenAI-compatible backend by kind.
+PROVIDERS = {"vllm": "hosted_vllm", "openai": "openai", "llamacpp": "openai"}
+
+
+def _env_name(*parts: str) -> str:
+    return "LLMFLEET_BACKEND_KEY_" + re.sub(r"[^A-Z0-9]+", "_", "_".join(parts).upper()).strip("_")
+
+
+def _catalog_entry(models: dict, name: str, where: str) -> dict:
+    if name not in models:
+        raise AnsibleFilterError(
+            f"{where}: model {name!r} is not in fleet_models (known: {', '.join(sorted(models)) or 'none'})"
+        )
+    return models[name] or {}
+
+
+def _catalog_fields(name: str, entry: dict) -> dict:
+    return {
+        "source": "catalog",
+        "served_name": str(entry.get("served_name") or name),
+        "display_name": str(entry.get("display_name") or entry.get("served_name") or name),
+        "input_cost": float(entry.get("cost_per_million_input_tokens") or 0),
+        "output_cost": float(entry.get("cost_per_million_output_tokens") or 0),
+    }
+
+
+def gateway_registry_backends(rows: list[dict], models: dict) -> list[dict]:
+    """Registry rows added with ``llmfleet models add`` (source cli) as backends, with their own costs.
+
+    A row whose name is a catalog model is left to the catalog (the CLI refuses such names).
+    """
+    backends = []
+    for row in rows or []:
+        if row.get("source") != "cli" or row.get("name") in models:
+            continue
+        backends.append(
+            {
+                "id": str(row.get("backend_id") or f"cli/{row['name']}"),
+                "kind": str(row.get("kind") or "openai"),
+                "host": "",
+                "instance": str(row["name"]),
+                "model": str(row["name"]),
+                "backend_model": str(row.get("backend_model") or row["name"]),
+                "api_base": str(row["backend_url"]).rstrip("/"),
+                "key_file": "",
+                "api_key": "",
+                "source": "cli",
+                "served_name": str(row["name"]),
+                "display_name": str(row.get("display_name") or row["name"]),
+                "input_cost": float(row.get("input_cost") or 0),
+                "output_cost": float(row.get("output_cost") or 0),
+            }
+        )
+    return backends
+
+
+def gateway_vllm_backends(hosts: list[str], hostvars: Any, models: dict) -> list[dict]:
+    """Every vllm_service instance of ``hosts``, as a backend: host, instance, address, port, model.
+
+    The address is the host's ``fleet_service_address`` (the address peers reach its services at),
+    else its default IPv4 address from facts, else its inventory name.
+    """
+    backends = []
+    for host in hosts:
+        hv = hostvars[host]
+        facts = hv.get("ansible_facts") or {}
+        address = hv.get("fleet_service_address") or (facts.get("default_ipv4") or {}).get("address") or host
+        config_dir = hv.get("vllm_service_config_dir") or "/etc/vllm"
+        for index, inst in enumerate(hv.get("vllm_service_instances") or []):
+            where = f"host {host}: vllm_service_instances[{index}] ({inst.get('name')})"
+            entry = _catalog_entry(models, inst.get("model"), where)
+            served = inst.get("served_model_name") or entry.get("served_name") or inst["model"]
+            served = served if isinstance(served, str) else next(iter(served))
+            backends.append(
+                {
+                    "id": f"{host}/{inst['name']}",
+                    "kind": "vllm",
+                    "host": host,
+                    "instance": inst["name"],
+                    "model": inst["model"],
+                    "backend_model": str(served),
+                    "api_base": f"http://{address}:{int(inst['port'])}/v1",
+                    "key_file": f"{config_dir}/{inst['name']}.apikey",
+                    "api_key": inst.get("api_key") or "",
+                    **_catalog_fields(inst["model"], entry),
+                }
+            )
+    return backends
+
+
+def gateway_external_backends(external: list[dict], models: dict) -> list[dict]:
+    """``model_gateway_external_backends`` (and registry rows added from the CLI) as backends."""
+    backends = []
+    for index, ext in enumerate(external or []):
+        where = f"model_gateway_external_backends[{index}] ({ext.get('name')})"
+        entry = _catalog_entry(models, ext.get("model"), where)
+        kind = ext.get("kind") or "openai"
+        if kind not in PROVIDERS:
+            raise AnsibleFilterError(f"{where}: kind {kind!r} is unknown; allowed: {', '.join(PROVIDERS)}")
+        backends.append(
+            {
+                "id": f"external/{ext['name']}",
+                "kind": kind,
+                "host": "",
+                "instance": ext["name"],
+                "model": ext["model"],
+                "backend_model": str(ext.get("backend_model") or entry.get("served_name") or ext["model"]),
+                "api_base": str(ext["url"]).rstrip("/"),
+                "key_file": "",
+                "api_key": ext.get("api_key") or "",
+                **_catalog_fields(ext["model"], entry),
+            }
+        )
+    return backends
+
+
+def gateway_with_keys(backends: list[dict], key_reads: list[dict] | None) -> list[dict]:
+    """Attach the keys read (slurp results, looped over backends) to the backends without one."""
+    read = {}
+    for result in key_reads or []:
+        content = result.get("content")
+        if content and not result.get("failed"):
+            read[result["item"]["id"]] = base64.b64decode(content).decode().strip()
+    return [{**b, "api_key": b["api_key"] or read.get(b["id"], "")} for b in backends]
+
+
+def _number(value: Any) -> Any:
+    """Numbers templated as strings back to numbers (task vars may arrive either way)."""
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
+        return int(value)
+    return value
+
+
+def _limits(name: str, limits: dict) -> dict:
+    own = (limits or {}).get(name) or {}
+    return {k: int(own[k]) for k in ("rpm", "tpm") if own.get(k) is not None}
+
+
+def gateway_config(backends: list[dict], models: dict, settings: dict) -> dict:
+    """LiteLLM's config.yaml as data: model_list (one entry per backend), router and general settings.
+
+    ``settings``: routing_strategy, num_retries, retry_after, allowed_fails, cooldown_time, timeout,
+    stream_timeout, fallbacks ({model: [models]}), model_limits ({model: {rpm, tpm}}), health_check_interval.
+    """
+    settings = {k: _number(v) for k, v in (settings or {}).items()}
+    model_list = []
+    for b in backends:
+        params = {
+            "model": f"{PROVIDERS[b['kind']]}/{b['backend_model']}",
+            "api_base": b["api_base"],
+            "api_key": f"os.environ/{_env_name(b['id'])}" if b.get("api_key") else "none",
+            "timeout": settings.get("timeout"),
+            "stream_timeout": settings.get("stream_timeout"),
+            **_limits(b["model"], settings.get("model_limits") or {}),
+        }
+        model_list.append(
+            {
+                "model_name": b["served_name"],
+                "litellm_params": {k: v for k, v in params.items() if v is not None},
+                "model_info": {
+                    "id": b["id"],
+                    "input_cost_per_token": b["input_cost"] / 1e6,
+                    "output_cost_per_token": b["output_cost"] / 1e6,
+                },
+            }
+        )
+    served_of = {name: str((e or {}).get("served_name") or name) for name, e in models.items()}
+    fallbacks = [
+        {served_of.get(src, src): [served_of.get(dst, dst) for dst in dsts]}
+        for src, dsts in sorted((settings.get("fallbacks") or {}).items())
+    ]
+    router = {
+        "routing_strategy": settings.get("routing_strategy", "simple-shuffle"),
+        "num_retries": settings.get("num_retries", 2),
+        "retry_after": settings.get("retry_after", 0),
+        "allowed_fails": settings.get("allowed_fails", 1),
+        "cooldown_time": settings.get("cooldown_time", 30),
+        "timeout": settings.get("timeout"),
+        "enable_pre_call_checks": True,
+    }
+    if fallbacks:
+        router["fallbacks"] = fallbacks
+    redis = settings.get("redis") or {}
+    if redis:
+        router.update(redis_host=str(redis["host"]), redis_port=int(redis.get("port", 6379)))
+    return {
+        "model_list": model_list,
+        "router_settings": {k: v for k, v in router.items() if v is not None},
+        "litellm_settings": {
+            "num_retries": settings.get("num_retries", 2),
+            "request_timeout": settings.get("timeout"),
+            "drop_params": True,
+        },
+        "general_settings": {
+            "master_key": "os.environ/LITELLM_MASTER_KEY",
+            "custom_auth": "llmfleet_auth.user_api_key_auth",
+            "background_health_checks": bool(settings.get("health_check_interval")),
+            "health_check_interval": settings.get("health_check_interval") or 300,
+        },
+    }
+
+
+def gateway_env(backends: list[dict]) -> dict:
+    """The environment file's backend keys: variable name -> key (only backends that have one)."""
+    return {_env_name(b["id"]): b["api_key"] for b in backends if b.get("api_key")}
+
+
+def gateway_registry_rows(backends: list[dict]) -> list[dict]:
+    """The model_mappings rows of the catalog's backends (costs per million tokens, as in the catalog)."""
+    return [
+        {
+            "name": b["model"],
+            "display_name": b["display_name"],
+            "backend_url": b["api_base"],
+            "backend_id": b["id"],
+            "kind": b["kind"],
+            "input_cost": b["input_cost"],
+            "output_cost": b["output_cost"],
+        }
+        for b in backends
+        if b.get("source") == "catalog"
+    ]
+
+
+def gateway_kept_key_names(client_keys: list[dict], master_key: str) -> list[str]:
+    """Keys the gateway host generates and keeps: ``internal`` (LiteLLM's own master key, which it needs
+    to start; callers never see it), ``master`` unless given, ``client-<name>`` for callers without one."""
+    names = ["internal"] if master_key else ["internal", "master"]
+    return names + [f"client-{c['name']}" for c in client_keys or [] if not c.get("key")]
+
+
+def gateway_clients(client_keys: list[dict], kept: dict) -> list[dict]:
+    """The callers of keys.json: each key as given, else the one kept on the gateway host."""
+    clients = []
+    for index, client in enumerate(client_keys or []):
+        key = client.get("key") or kept.get(f"client-{client['name']}") or ""
+        if not key:
+            raise AnsibleFilterError(
+                f"model_gateway_client_keys[{index}] ({client['name']}): no key given and none kept on the host; "
+                "give key (from a vault) or set model_gateway_key_generate: true"
+            )
+        entry = {"name": client["name"], "key": key, "models": list(client.get("models") or [])}
+        entry.update({k: int(client[k]) for k in ("rpm_limit", "tpm_limit") if client.get(k) is not None})
+        clients.append(entry)
+    return clients
+
+
+def gateway_rows_with_health(probes: list[dict]) -> list[dict]:
+    """Registry rows (the ``item`` of each probe) with ``health`` from the probe of their /health now."""
+    out = []
+    for probe in probes or []:
+        status = probe.get("status", -1)
+        health = "healthy" if status == 200 else ("unreachable" if status in (-1, None) else f"unhealthy ({status})")
+        out.append({**probe["item"], "health": health})
+    return out
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {
+            "gateway_vllm_backends": gateway_vllm_backends,
+            "gateway_external_backends": gateway_external_backends,
+            "gateway_with_keys": gateway_with_keys,
+            "gateway_config": gateway_config,
+            "gateway_env": gateway_env,
+            "gateway_registry_rows": gateway_registry_rows,
+            "gateway_registry_backends": gateway_registry_backends,
+            "gateway_clients": gateway_clients,
+            "gateway_kept_key_names": gateway_kept_key_names,
+            "gateway_rows_with_health": gateway_rows_with_health,
+        }

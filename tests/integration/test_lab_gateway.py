@@ -1,0 +1,346 @@
+"""The model gateway on the shared test lab: LiteLLM's proxy on the gateway host in front of the lab's
+vLLM instances (both runtimes), the model_mappings registry in PostgreSQL, the admin CLI.
+
+Everything here talks to what the lab converge already runs: the gateway (its port is the
+inventory's model_gateway_port, on this machine's host network) and the vLLM instances behind it.
+The kill -9 test is marked ``disruptive`` (make test runs it after the read-only tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+
+import pytest
+import testinfra
+from llmfleet import models as registry_cli
+from llmfleet import runner
+from llmfleet.lab import containers as lab
+from llmfleet.paths import cache_dir, lab_name
+
+pytestmark = [pytest.mark.lab]
+
+ASK = "What is the capital of France? Answer in one sentence."
+CONFIG_DIR = "/etc/llmfleet-gateway"
+# The lab CA the role made on this machine (group_vars/gateway: model_gateway_tls_ca_dir).
+LAB_CA = cache_dir() / "lab-ca" / lab_name() / "ca.crt"
+TRUSTED = ssl.create_default_context(cafile=str(LAB_CA)) if LAB_CA.exists() else None
+
+
+def _hosts(group: str) -> list[lab.LabHost]:
+    return [h for h in lab.read_inventory() if group in h.groups]
+
+
+@pytest.fixture(scope="module")
+def inventory() -> dict[str, list[lab.LabHost]]:
+    found = {"gateway": _hosts("gateway"), "inference_nodes": _hosts("inference_nodes")}
+    if not found["gateway"]:
+        pytest.fail(f"the lab inventory {lab.lab_inventory_path()} has no host in group gateway")
+    return found
+
+
+@pytest.fixture(scope="module")
+def gateway(inventory) -> dict:
+    host = inventory["gateway"][0]
+    ti = testinfra.get_host(f"docker://{host.name}")
+
+    def read(name: str) -> str:
+        return ti.file(f"{CONFIG_DIR}/keys/{name}.key").content_string.strip()
+
+    return {
+        "lab": host,
+        "host": ti,
+        "url": f"https://127.0.0.1:{host.hostvars['model_gateway_port']}",
+        "master": read("master"),
+        "client": read("client-lab-client"),
+        "limited": read("client-lab-limited"),
+        "pg_port": host.hostvars["model_gateway_registry_port"],
+    }
+
+
+def _backend_address(host: lab.LabHost) -> str:
+    return host.hostvars.get("fleet_service_address") or lab.container_address(host.name)
+
+
+@pytest.fixture(scope="module")
+def backends(inventory) -> list[dict]:
+    """Every vLLM instance of the lab, as the gateway should see it: id, base URL, key."""
+    out = []
+    for host in inventory["inference_nodes"]:
+        ti = testinfra.get_host(f"docker://{host.name}")
+        for inst in host.hostvars.get("vllm_service_instances", []):
+            out.append(
+                {
+                    "id": f"{host.name}/{inst['name']}",
+                    "url": f"http://{_backend_address(host)}:{inst['port']}/v1",
+                    "served": inst.get("served_model_name") or "smollm2-135m",
+                    "key": ti.file(f"/etc/vllm/{inst['name']}.apikey").content_string.strip(),
+                    "host": host.name,
+                    "instance": inst["name"],
+                    "runtime": host.hostvars.get("vllm_service_runtime"),
+                }
+            )
+    return out
+
+
+def chat(
+    url: str, key: str | None, model: str = "smollm2-135m", max_tokens: int = 24, timeout: float = 120, context=None
+):
+    """One chat completion: (HTTP status, headers, parsed body or error text). HTTPS trusts the lab CA."""
+    body = {"model": model, "messages": [{"role": "user", "content": ASK}], "temperature": 0, "max_tokens": max_tokens}
+    req = urllib.request.Request(
+        f"{url.rstrip('/')}/chat/completions" if url.endswith("/v1") else f"{url}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})},
+    )
+    try:
+        ctx = context or (TRUSTED if url.startswith("https:") else None)
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
+            return resp.status, dict(resp.headers), json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read().decode(errors="replace")
+
+
+def _answer(body: dict) -> str:
+    return body["choices"][0]["message"]["content"]
+
+
+def _rows(gateway) -> list[dict]:
+    sql = (
+        "SELECT json_agg(t ORDER BY backend_id) FROM (SELECT name, display_name, backend_url, backend_id, "
+        "input_cost, output_cost, state, source FROM model_mappings) t"
+    )
+    out = gateway["host"].check_output(f"su postgres -c \"psql -p {gateway['pg_port']} -d llmfleet -At -c '{sql}'\"")
+    return json.loads(out or "[]") or []
+
+
+def test_every_lab_backend_is_in_the_generated_config(gateway, backends):
+    import yaml
+
+    config = yaml.safe_load(gateway["host"].file(f"{CONFIG_DIR}/config.yaml").content_string)
+    deployed = {e["model_info"]["id"]: e for e in config["model_list"]}
+    assert {b["id"] for b in backends} <= set(deployed), deployed.keys()
+    runtimes = {b["runtime"] for b in backends}
+    assert runtimes == {"systemd", "docker"}, "the lab must put both runtimes behind the gateway"
+    for b in backends:
+        params = deployed[b["id"]]["litellm_params"]
+        assert params["api_base"] == b["url"]
+        # Keys are referenced, never written into config.yaml.
+        assert params["api_key"].startswith("os.environ/") and b["key"] not in json.dumps(config)
+    env = gateway["host"].file(f"{CONFIG_DIR}/gateway.env")
+    assert env.mode == 0o600 and env.user == "root"
+    assert all(b["key"] in env.content_string for b in backends)
+
+
+def test_same_greedy_answer_through_the_gateway_as_from_a_backend(gateway, backends):
+    direct = next(b for b in backends if b["runtime"] == "docker")
+    status, _, body = chat(direct["url"], direct["key"], model=direct["served"])
+    assert status == 200, body
+    status, _, via = chat(gateway["url"], gateway["client"])
+    assert status == 200, via
+    # float32 greedy decoding of the same weights: the same words from every backend.
+    assert _answer(via).split() == _answer(body).split()
+    assert "Paris" in _answer(via)
+
+
+def test_tls_a_client_trusting_the_lab_ca_gets_the_answer_one_that_does_not_is_refused(gateway, backends):
+    assert LAB_CA.exists(), f"the lab CA {LAB_CA} was not made by the converge"
+    direct = next(b for b in backends if b["runtime"] == "docker")
+    _, _, body = chat(direct["url"], direct["key"], model=direct["served"])
+    status, _, via = chat(gateway["url"], gateway["client"], context=TRUSTED)
+    assert status == 200 and _answer(via).split() == _answer(body).split()
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        chat(gateway["url"], gateway["client"], context=ssl.create_default_context())
+    # Plain HTTP on the TLS port gets no answer.
+    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+        chat(gateway["url"].replace("https:", "http:"), gateway["client"], timeout=10)
+
+
+def test_requests_without_a_valid_key_get_401(gateway):
+    assert chat(gateway["url"], None)[0] == 401
+    assert chat(gateway["url"], "sk-not-a-key")[0] == 401
+
+
+def test_a_caller_over_its_rpm_limit_gets_429(gateway):
+    # lab-limited may call 3 times a minute (group_vars/gateway); the 4th and 5th are refused.
+    statuses = [chat(gateway["url"], gateway["limited"], max_tokens=1)[0] for _ in range(5)]
+    assert set(statuses) <= {200, 429} and statuses[-2:] == [429, 429], statuses
+
+
+def test_reported_cost_is_tokens_times_catalog_prices(gateway, inventory):
+    prices = inventory["gateway"][0].hostvars["fleet_models"]["smollm2-135m"]
+    status, headers, body = chat(gateway["url"], gateway["client"])
+    assert status == 200, body
+    usage = body["usage"]
+    expected = (
+        usage["prompt_tokens"] * prices["cost_per_million_input_tokens"]
+        + usage["completion_tokens"] * prices["cost_per_million_output_tokens"]
+    ) / 1e6
+    headers = {k.lower(): v for k, v in headers.items()}
+    assert expected > 0
+    assert float(headers["x-litellm-response-cost"]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_registry_rows_match_the_catalog_and_the_inventory(gateway, backends, inventory):
+    prices = inventory["gateway"][0].hostvars["fleet_models"]["smollm2-135m"]
+    rows = {r["backend_id"]: r for r in _rows(gateway) if r["source"] == "catalog"}
+    assert set(rows) == {b["id"] for b in backends}
+    for b in backends:
+        row = rows[b["id"]]
+        assert row["name"] == "smollm2-135m" and row["backend_url"] == b["url"]
+        assert row["input_cost"] == prices["cost_per_million_input_tokens"]
+        assert row["output_cost"] == prices["cost_per_million_output_tokens"]
+        assert row["state"] == "healthy"
+
+
+def test_models_add_list_remove_through_the_cli(gateway, backends, capsys):
+    direct = next(b for b in backends if b["runtime"] == "docker")
+    inv = str(lab.lab_inventory_path())
+    try:
+        rc = registry_cli.run(
+            "add",
+            inventory=inv,
+            name="lab-extra",
+            display_name="Lab extra",
+            backend_url=direct["url"],
+            backend_model=direct["served"],
+            kind="vllm",
+            input_cost=1.0,
+            output_cost=2.0,
+            apply=False,
+        )
+        assert rc == 0
+        added = {r["backend_id"]: r for r in _rows(gateway)}["cli/lab-extra"]
+        assert (added["source"], added["backend_url"], added["input_cost"], added["output_cost"]) == (
+            "cli",
+            direct["url"],
+            1.0,
+            2.0,
+        )
+        # The catalog's rows are untouched by the CLI.
+        assert {r["backend_id"] for r in _rows(gateway) if r["source"] == "catalog"} == {b["id"] for b in backends}
+        capsys.readouterr()
+        assert registry_cli.run("list", inventory=inv, as_json=True) == 0
+        listed = {r["backend_id"]: r for r in json.loads(capsys.readouterr().out)}
+        assert listed["cli/lab-extra"]["health"] == "healthy"
+        assert all(listed[b["id"]]["health"] == "healthy" for b in backends)
+        # A catalog model cannot be added from the CLI: git owns it.
+        assert registry_cli.run("add", inventory=inv, name="smollm2-135m", backend_url=direct["url"], apply=False) != 0
+    finally:
+        assert registry_cli.run("remove", inventory=inv, name="lab-extra", apply=False) == 0
+    assert "cli/lab-extra" not in {r["backend_id"] for r in _rows(gateway)}
+
+
+class Load:
+    """Steady load through the gateway at a fixed concurrency; counts failures and backends used."""
+
+    def __init__(self, url: str, key: str, concurrency: int = 8):
+        self.url, self.key, self.concurrency = url, key, concurrency
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.ok = 0
+        self.failed: list[str] = []
+        self.used: Counter = Counter()
+        self.latencies: list[float] = []
+        self.threads = [threading.Thread(target=self._worker, daemon=True) for _ in range(concurrency)]
+
+    def _worker(self) -> None:
+        while not self.stop.is_set():
+            t0 = time.monotonic()
+            try:
+                status, headers, body = chat(self.url, self.key, max_tokens=8, timeout=120)
+            except Exception as exc:  # a refused connection, a timeout: a failed request
+                status, headers, body = -1, {}, repr(exc)
+            with self.lock:
+                if status == 200:
+                    self.ok += 1
+                    self.used[{k.lower(): v for k, v in headers.items()}.get("x-litellm-model-id", "?")] += 1
+                    self.latencies.append(time.monotonic() - t0)
+                else:
+                    self.failed.append(f"{status}: {str(body)[:200]}")
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=180)
+
+
+def _wait_healthy(url: str, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(2)
+    raise AssertionError(f"{url} did not become healthy again within {timeout_s:.0f} s")
+
+
+def _converge_gateway(extravars: dict | None = None) -> None:
+    rc, summary, path = runner.run(
+        runner.RunRequest(
+            playbook="playbooks/model_gateway.yml",
+            inventory=str(lab.lab_inventory_path()),
+            quiet=True,
+            extravars=extravars or {},
+        )
+    )
+    assert rc == 0, f"converge of the gateway failed: {summary.get('failed_tasks')} ({path})"
+    assert summary["totals"]["failed"] == 0
+
+
+@pytest.mark.disruptive
+def test_client_key_rotation_under_load_loses_no_request(gateway):
+    """The rotation runbook of docs/model_gateway.md: add the new key, converge, retire the old one,
+    converge, with load on the whole time; keys.json changes, the proxy is not restarted."""
+    new_key = "sk-rotation-" + "".join(f"{b:02x}" for b in os.urandom(16))
+    given = gateway["lab"].hostvars["model_gateway_client_keys"]
+    pid_before = gateway["host"].check_output("systemctl show -p MainPID --value llmfleet-gateway.service")
+    with Load(gateway["url"], gateway["client"], concurrency=4) as load:
+        _converge_gateway({"model_gateway_client_keys": [*given, {"name": "lab-client-next", "key": new_key}]})
+        assert chat(gateway["url"], new_key, max_tokens=1)[0] == 200
+    with Load(gateway["url"], new_key, concurrency=4) as load_new:
+        _converge_gateway()  # the inventory again: the added key is retired
+    assert load.failed == [] and load_new.failed == [], (load.failed[:3], load_new.failed[:3])
+    assert load.ok > 0 and load_new.ok > 0
+    assert chat(gateway["url"], new_key, max_tokens=1)[0] == 401
+    assert chat(gateway["url"], gateway["client"], max_tokens=1)[0] == 200
+    pid_after = gateway["host"].check_output("systemctl show -p MainPID --value llmfleet-gateway.service")
+    assert pid_after == pid_before, "a key rotation must not restart the proxy"
+
+
+@pytest.mark.disruptive
+def test_kill_9_of_a_backend_under_load_loses_no_request_and_traffic_returns(gateway, backends):
+    victim = next(b for b in backends if b["runtime"] == "systemd")
+    ti = testinfra.get_host(f"docker://{victim['host']}")
+    unit = f"vllm-{victim['instance']}.service"
+    with Load(gateway["url"], gateway["client"], concurrency=8) as load:
+        time.sleep(8)
+        pid = ti.check_output(f"systemctl show -p MainPID --value {unit}").strip()
+        assert pid not in ("", "0"), f"{unit} has no main process"
+        ti.run_expect([0], f"kill -9 {pid}")
+        time.sleep(20)
+    assert load.failed == [], f"{len(load.failed)} failed of {load.ok + len(load.failed)}: {load.failed[:3]}"
+    assert load.ok > 0
+    # systemd brings it back (Restart=always); once healthy and out of cooldown it gets traffic again.
+    _wait_healthy(victim["url"])
+    time.sleep(int(gateway["lab"].hostvars.get("model_gateway_cooldown_time", 5)) + 1)
+    used: Counter = Counter()
+    for _ in range(24):
+        status, headers, body = chat(gateway["url"], gateway["client"], max_tokens=1)
+        assert status == 200, body
+        used[{k.lower(): v for k, v in headers.items()}.get("x-litellm-model-id")] += 1
+    assert used[victim["id"]] > 0, f"no request went back to {victim['id']}: {dict(used)}"

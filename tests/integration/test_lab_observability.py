@@ -1,0 +1,262 @@
+"""The lab's Prometheus scrapes the lab's real vLLM instances; dashboards, rules and alert delivery.
+
+After some traffic to the lab's vLLM, every PromQL expression of every panel of the provisioned
+vLLM and node dashboards, every recording rule, and every series an alert reads, return data
+through Prometheus' HTTP API: this proves the dashboards without a Grafana. The GPU (DCGM) and Ray
+dashboards and rules have no exporter in the lab (no ``gpu_nodes``, no Ray hosts; the test checks
+that), so they are checked here only for being evaluated without error; their PromQL is parsed by
+promtool in tests/integration/test_observability_files.py.
+
+The disruptive test stops the second vLLM instance of the lab's systemd inference host: the
+instance-down alert fires, Alertmanager delivers it to a webhook receiver this test runs on the
+address the lab inventory gives (lab_alert_webhook_port: the observability host is on this
+machine's host network), and starting the instance again resolves it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+from test_observability_files import VARIABLES, dashboard_exprs, substitute
+
+pytestmark = pytest.mark.lab
+
+REPO = Path(__file__).resolve().parent.parent.parent
+LAB = os.environ.get("LLMFLEET_LAB", "lab")
+INVENTORY = REPO / "inventories" / LAB / "hosts.yml"
+# Dashboards and rule groups whose exporters the lab has no host for.
+NO_EXPORTER_IN_LAB = {"gpu.json": "gpu_nodes", "ray.json": "ray_head", "llmfleet-gpu": "gpu_nodes"}
+PROMQL_WORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
+
+
+def _inventory() -> dict:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(INVENTORY), "--list"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def lab() -> dict:
+    inventory = _inventory()
+    hosts = inventory.get("observability", {}).get("hosts", [])
+    if not hosts:
+        pytest.fail(f"{INVENTORY} has no observability host")
+    hostvars = inventory["_meta"]["hostvars"]
+    obs = hostvars[hosts[0]]
+    return {
+        "inventory": inventory,
+        "hostvars": hostvars,
+        "prometheus": f"http://127.0.0.1:{obs.get('observability_stack_prometheus_port', 9090)}",
+        "webhook_port": int(obs["lab_alert_webhook_port"]),
+    }
+
+
+def _get(url: str, timeout: float = 10.0) -> dict:
+    request = urllib.request.Request(url)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def query(prometheus: str, expr: str) -> list:
+    body = _get(f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    assert body["status"] == "success", (expr, body)
+    return body["data"]["result"]
+
+
+def _chat(url: str, model: str, key: str, prompt: str) -> None:
+    payload = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 24}).encode()
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    request = urllib.request.Request(f"{url}/v1/chat/completions", data=payload, headers=headers)
+    with urllib.request.urlopen(request, timeout=120) as response:
+        assert response.status == 200
+
+
+@pytest.fixture(scope="module")
+def traffic(lab, vllm_url, vllm_model, vllm_api_key) -> None:
+    """A few real chat completions, then wait until the recording rules have seen them."""
+    threads = [
+        threading.Thread(target=_chat, args=(vllm_url, vllm_model, vllm_api_key, f"Count to {n}.")) for n in range(3, 9)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if query(lab["prometheus"], "llmfleet:vllm_generation_tokens:rate > 0"):
+            return
+        time.sleep(2)
+    pytest.fail("Prometheus recorded no generation tokens 90 s after the traffic")
+
+
+def _has_data(result: list) -> bool:
+    return any(not math.isnan(float(s["value"][1])) for s in result)
+
+
+def test_every_inventory_instance_is_scraped_and_up(lab):
+    body = _get(f"{lab['prometheus']}/api/v1/targets?state=active")
+    targets = {
+        (t["labels"].get("host"), t["labels"].get("instance")): t
+        for t in body["data"]["activeTargets"]
+        if t["labels"].get("job") == "vllm"
+    }
+    expected = {
+        (host, inst["name"])
+        for host in lab["inventory"].get("inference_nodes", {}).get("hosts", [])
+        for inst in lab["hostvars"][host].get("vllm_service_instances", [])
+    }
+    assert expected and set(targets) == expected
+    down = {k: t["lastError"] for k, t in targets.items() if t["health"] != "up"}
+    assert not down, f"vLLM targets not up: {down}"
+
+
+def test_every_dashboard_panel_returns_data(lab, traffic):
+    for group in ("gpu_nodes", "ray_head"):
+        assert not lab["inventory"].get(group, {}).get("hosts"), f"the lab has {group}: check those dashboards too"
+    missing = []
+    for name, title, expr in dashboard_exprs():
+        result = query(lab["prometheus"], substitute(expr))
+        if name in NO_EXPORTER_IN_LAB:
+            continue
+        if not _has_data(result):
+            missing.append(f"{name} / {title}: {expr}")
+    assert not missing, "panels without data:\n" + "\n".join(missing)
+    assert set(VARIABLES) >= {"$host", "$instance", "$model_name"}
+
+
+def _metric_names(expr: str) -> set[str]:
+    """The series names a PromQL expression reads (not functions, keywords, labels or numbers)."""
+    text = re.sub(r'"[^"]*"', "", expr)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)
+    text = re.sub(r"\b(by|on|without|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][\w:]*", text):
+        rest = text[match.end() :].lstrip()
+        if rest.startswith("(") or match.group(0).lower() in PROMQL_WORDS:
+            continue
+        names.add(match.group(0))
+    return names
+
+
+def test_every_rule_returns_data(lab, traffic):
+    body = _get(f"{lab['prometheus']}/api/v1/rules")
+    groups = body["data"]["groups"]
+    assert {g["name"] for g in groups} >= {"llmfleet-vllm", "llmfleet-node", "llmfleet-gpu", "llmfleet-alerts"}
+    problems = []
+    for group in groups:
+        for rule in group["rules"]:
+            name = rule.get("name")
+            if rule["health"] != "ok":
+                problems.append(f"{name}: {rule['health']} {rule.get('lastError', '')}")
+                continue
+            if group["name"] in NO_EXPORTER_IN_LAB:
+                continue
+            if rule["type"] == "recording":
+                if not _has_data(query(lab["prometheus"], name)):
+                    problems.append(f"recording rule {name} has no data")
+                continue
+            for series in _metric_names(rule["query"]):
+                if series.startswith("DCGM_") or series.startswith("llmfleet:gpu_"):
+                    continue
+                if not query(lab["prometheus"], series):
+                    problems.append(f"alert {name} reads {series}, which has no data")
+    assert not problems, "\n".join(problems)
+
+
+# ------------------------------------------------------------------------------- alert delivery
+class _Receiver(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        type(self).received.append(json.loads(self.rfile.read(length)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def _wait_for(receiver: type[_Receiver], status: str, instance: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for message in list(receiver.received):
+            for alert in message.get("alerts", []):
+                labels = alert["labels"]
+                if (
+                    labels.get("alertname") == "VLLMInstanceDown"
+                    and labels.get("instance") == instance
+                    and alert["status"] == status
+                ):
+                    return alert
+        time.sleep(1)
+    seen = [(a["labels"].get("alertname"), a["status"]) for m in receiver.received for a in m.get("alerts", [])]
+    pytest.fail(f"no {status} VLLMInstanceDown for {instance} within {timeout:.0f} s; the webhook got {seen}")
+
+
+@pytest.mark.disruptive
+def test_stopped_instance_fires_and_resolves_through_alertmanager(lab):
+    container = os.environ.get("LLMFLEET_TEST_VLLM_CONTAINER", "")
+    main_unit = os.environ.get("LLMFLEET_TEST_VLLM_UNIT", "")
+    if not container or not main_unit:
+        pytest.fail("LLMFLEET_TEST_VLLM_CONTAINER / LLMFLEET_TEST_VLLM_UNIT are not set (run through `make test`)")
+    # The host's other instance: the main one keeps serving the other tests.
+    others = [
+        i["name"]
+        for i in lab["hostvars"][container]["vllm_service_instances"]
+        if f"vllm-{i['name']}.service" != main_unit
+    ]
+    assert others, f"{container} runs one instance only; the test needs a second"
+    instance = others[0]
+    unit = f"vllm-{instance}.service"
+
+    class Receiver(_Receiver):
+        received: list = []
+
+    server = ThreadingHTTPServer(("127.0.0.1", lab["webhook_port"]), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    started = False
+    try:
+        subprocess.run(["docker", "exec", container, "systemctl", "stop", unit], check=True, timeout=60)
+        fired = _wait_for(Receiver, "firing", instance, timeout=60)
+        assert fired["labels"]["host"] == container and fired["labels"]["severity"] == "critical"
+        assert instance in fired["annotations"]["summary"]
+        subprocess.run(["docker", "exec", container, "systemctl", "start", unit], check=True, timeout=60)
+        started = True
+        resolved = _wait_for(Receiver, "resolved", instance, timeout=150)
+        assert resolved["labels"]["host"] == container
+    finally:
+        if not started:
+            subprocess.run(["docker", "exec", container, "systemctl", "start", unit], check=False, timeout=60)
+        server.shutdown()
+        server.server_close()
+
+
+def test_rules_file_in_the_lab_uses_the_lab_windows(lab):
+    """The lab's short windows (group_vars/observability) are what its Prometheus evaluates."""
+    lab_vars = yaml.safe_load(
+        (REPO / "inventories" / "lab" / "group_vars" / "observability" / "observability.yml").read_text()
+    )
+    body = _get(f"{lab['prometheus']}/api/v1/rules?type=record")
+    queries = [r["query"] for g in body["data"]["groups"] for r in g["rules"] if "rate(" in r["query"]]
+    assert queries and all(f"[{lab_vars['observability_stack_rate_window']}]" in q for q in queries)
