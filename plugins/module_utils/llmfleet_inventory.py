@@ -330,6 +330,11 @@ def check_models(models: Any, groups: Any = None) -> list[str]:
             errors.append(f"{where}.source.path = {source['path']!r} must be an absolute path")
         if kinds == ["ssh"]:
             errors += _check_ssh_source(where, source["ssh"], hosts)
+        size = entry.get("size_gb")
+        if size is not None and _catalog_size_gb(entry) is None:
+            errors.append(
+                f"{where}.size_gb = {size!r} is not a size; allowed: a number of GB (2^30 bytes) > 0, or leave it out"
+            )
     return errors
 
 
@@ -420,10 +425,13 @@ def check_vllm_instances(
                 f"{label}.runtime = {inst_runtime!r} contradicts the host's vllm_service_runtime = {runtime!r}; "
                 "an instance's runtime must equal it (or be left out)"
             )
-        port = inst.get("port")
-        if _is_int(port) and port in ports:
-            errors.append(f"{label}.port = {port} is already used by instance {ports[port]!r} on this host")
-        elif _is_int(port):
+        # A port given as "8000" is the same port as 8000 (the spec's int type converts it).
+        port = _as_int(inst.get("port"))
+        if port is not None and port in ports:
+            errors.append(
+                f"{label}.port = {inst.get('port')!r} is already used by instance {ports[port]!r} on this host"
+            )
+        elif port is not None:
             ports[port] = str(name)
         model = inst.get("model")
         if not model:
@@ -467,6 +475,60 @@ def check_vllm_instances(
     return errors
 
 
+# Ports the roles listen on on the host itself (not the ports of other hosts they scrape or join).
+HOST_PORT_VARIABLES = (
+    "model_gateway_port",
+    "model_gateway_registry_port",
+    "observability_stack_prometheus_port",
+    "observability_stack_alertmanager_port",
+)
+
+
+def check_host_ports(host: str, settings: dict[str, Any]) -> list[str]:
+    """The ports of one host's services are distinct: vLLM instances, the gateway, Prometheus and
+    Alertmanager (a port given as "8000" is 8000)."""
+    taken: dict[int, str] = {}
+    instances = settings.get("vllm_service_instances")
+    for index, inst in enumerate(instances if isinstance(instances, list) else []):
+        port = _as_int(inst.get("port")) if isinstance(inst, dict) else None
+        if port is not None:
+            taken.setdefault(port, f"{_instance_label(index, inst)}.port")
+    errors = []
+    for variable in HOST_PORT_VARIABLES:
+        given = settings.get(variable)
+        port = _as_int(given)
+        if port is None:
+            continue
+        if port in taken:
+            errors.append(
+                f"host {host}: {variable} = {given!r} is already used by {taken[port]} on this host; "
+                "allowed: a port no other service of the host uses"
+            )
+        else:
+            taken[port] = variable
+    return errors
+
+
+def check_build_platform(host: str, settings: dict[str, Any]) -> list[str]:
+    """vllm_build_platform names a Linux platform Docker knows; a source build needs a CUDA one."""
+    given = settings.get("vllm_build_platform")
+    if not given:
+        return []
+    target = parse_platform(given)
+    if target is None:
+        return [
+            f"host {host}: vllm_build_platform = {given!r} is not a Linux platform; allowed: '' (the builder's) or "
+            f"linux/<arch>[/<variant>] with arch one of {', '.join(DOCKER_ARCHES)}"
+        ]
+    mode = _build_setting(settings, "mode")
+    if mode == "source" and target not in SOURCE_BUILD_ARCHES:
+        return [
+            f"host {host}: vllm_build_platform = {given!r} with vllm_build_mode = 'source': vLLM's CUDA Dockerfile "
+            "builds for linux/amd64 or linux/arm64 only (CUDA base images exist for those only); allowed: those"
+        ]
+    return []
+
+
 def validate_host(
     host: str,
     host_groups: list[str],
@@ -484,6 +546,8 @@ def validate_host(
     """
     errors = check_groups(host, host_groups, groups)
     errors += check_role_specs(host, specs or {}, settings)
+    errors += check_build_platform(host, settings)
+    errors += check_host_ports(host, settings)
     # A role's own validate step passes only its own spec and settings (vllm_build on a builder that
     # is also an inference node): the instance checks belong to vllm_service's, and site.yml's.
     if specs and "vllm_service" not in specs:
@@ -498,4 +562,356 @@ def validate_host(
         errors += check_vllm_instances(
             host, settings.get("vllm_service_runtime", DEFAULT_RUNTIME), instances, models, gpu
         )
+    return errors
+
+
+# --- Facts of the host a check needs: CPU architecture and free disk -------------------------------
+# The first play reads them only where a check needs them, with one read-only command (PROBE_SCRIPT,
+# run by the play as probe_argv() says), and hands its output back (parse_probe). Role defaults
+# are not loaded in that play: the few the checks need are these, tied to the roles' defaults files
+# by tests/unit/test_inventory_validate.py.
+VLLM_BUILD_DEFAULTS = {
+    "mode": "wheel",
+    "work_dir": "/var/lib/llmfleet/vllm_build",
+    "docker_root": "/var/lib/docker",
+    "min_free_gb": {"source": 100.0, "wheel": 15.0},
+    "image": "vllm-openai",
+    "tag": "latest",
+    "registry": "",
+    "docker_host": "unix:///var/run/docker.sock",
+}
+MODEL_CACHE_DEFAULTS = {"mode": "sync", "root": "/var/cache/llmfleet/models", "free_space_reserve_mb": 1024}
+# Groups whose playbooks run model_cache (playbooks/validate.yml, _fleet_group_roles).
+MODEL_CACHE_GROUPS = ("inference_nodes", "slurm_login", "model_workstations")
+# nvidia_runtime's repositories exist for these (`uname -m`; roles/nvidia_runtime/vars/main.yml).
+NVIDIA_RUNTIME_ARCHES = ("x86_64", "aarch64")
+# Docker platform architectures, `uname -m` names, and QEMU's binfmt handler names.
+DOCKER_ARCH_BY_MACHINE = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv7l": "arm",
+    "armv6l": "arm",
+    "i686": "386",
+    "i386": "386",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
+DOCKER_ARCHES = ("amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64")
+QEMU_NAME = {"amd64": "x86_64", "arm64": "aarch64", "arm": "arm", "386": "i386"}
+# vLLM's own Dockerfile (source builds) starts from CUDA images, published for these only.
+SOURCE_BUILD_ARCHES = ("amd64", "arm64")
+GIB = 1 << 30
+# One read-only pass, one line per answer: "arch <uname -m>", "binfmt <qemu handler>" (enabled ones,
+# then "binfmt-read" when /proc/sys/fs/binfmt_misc is readable), "free <KiB available> <st_dev> <path>"
+# of the path or, when it does not exist yet, its nearest existing parent, "used <KiB> <path>".
+PROBE_SCRIPT = r"""for item do
+  case $item in
+    arch) printf 'arch %s\n' "$(uname -m)" ;;
+    binfmt)
+      if [ -e /proc/sys/fs/binfmt_misc/status ]; then
+        for f in /proc/sys/fs/binfmt_misc/qemu-*; do
+          if [ -f "$f" ] && [ "$(head -n 1 "$f")" = enabled ]; then printf 'binfmt %s\n' "${f##*/qemu-}"; fi
+        done
+        printf 'binfmt-read\n'
+      fi ;;
+    free=*)
+      p=${item#free=}; q=$p
+      while [ ! -e "$q" ]; do q=$(dirname -- "$q"); done
+      printf 'free %s %s %s\n' "$(df -Pk -- "$q" | awk 'NR == 2 {print $4}')" "$(stat -c %d -- "$q")" "$p" ;;
+    used=*)
+      p=${item#used=}
+      if [ -e "$p" ]; then printf 'used %s %s\n' "$(du -sk -- "$p" | cut -f 1)" "$p"
+      else printf 'used 0 %s\n' "$p"; fi ;;
+  esac
+done
+"""
+
+
+def _as_int(value: Any) -> int | None:
+    """An int given as int or as a string of digits (YAML's "8000"), else None."""
+    if _is_int(value):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def _as_float(value: Any, default: float) -> float | None:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_platform(value: Any) -> str | None:
+    """The Docker architecture of a platform (``linux/arm64``, ``linux/arm/v7``, ``arm64``), or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    parts = value.lower().split("/")
+    if len(parts) == 1:
+        parts = ["linux", *parts]
+    if len(parts) > 3 or parts[0] != "linux":
+        return None
+    return DOCKER_ARCH_BY_MACHINE.get(parts[1], parts[1] if parts[1] in DOCKER_ARCHES else None)
+
+
+def _builds(host_groups: list[str]) -> bool:
+    return "vllm_builders" in host_groups
+
+
+def _build_setting(settings: dict[str, Any], key: str) -> Any:
+    value = settings.get(f"vllm_build_{key}")
+    return VLLM_BUILD_DEFAULTS[key] if value is None else value
+
+
+def build_disk_needs(settings: dict[str, Any]) -> tuple[list[str], float | None]:
+    """The paths a build writes under (vllm_build_disk_paths) and the GB each needs (vllm_build_min_free_gb)."""
+    mode = _build_setting(settings, "mode")
+    paths = settings.get("vllm_build_disk_paths")
+    if paths is None:
+        paths = [_build_setting(settings, "work_dir"), VLLM_BUILD_DEFAULTS["docker_root"]]
+    default_gb = VLLM_BUILD_DEFAULTS["min_free_gb"].get(mode, VLLM_BUILD_DEFAULTS["min_free_gb"]["wheel"])
+    paths = [str(p) for p in paths if isinstance(p, str) and p.startswith("/")] if isinstance(paths, list) else []
+    return paths, _as_float(settings.get("vllm_build_min_free_gb"), default_gb)
+
+
+def build_target(host: str, host_groups: list[str], settings: dict[str, Any]) -> dict[str, Any] | None:
+    """What a builder publishes: the image references it pushes (or tags locally) and its platform."""
+    if not _builds(host_groups):
+        return None
+    name, tag, registry = (str(_build_setting(settings, k)) for k in ("image", "tag", "registry"))
+    ref = f"{registry}/{name}:{tag}" if registry else f"{name}:{tag}"
+    return {
+        "host": host,
+        "refs": [ref],
+        "local": not registry,
+        "platform": str(settings.get("vllm_build_platform") or ""),
+    }
+
+
+def _catalog_size_gb(entry: Any) -> float | None:
+    size = entry.get("size_gb") if isinstance(entry, dict) else None
+    return float(size) if isinstance(size, (int, float)) and not isinstance(size, bool) and size > 0 else None
+
+
+def model_cache_writes(
+    host: str, host_groups: list[str], settings: dict[str, Any], models: Any
+) -> list[dict[str, Any]]:
+    """The models model_cache will fetch on this host whose catalog entry declares size_gb: name, size,
+    the directory it lands in (whose filesystem must hold it) and what may already be there."""
+    if not any(g in host_groups for g in MODEL_CACHE_GROUPS):
+        return []
+    if (settings.get("model_cache_mode") or MODEL_CACHE_DEFAULTS["mode"]) != "sync" or not isinstance(models, dict):
+        return []
+    root = str(settings.get("model_cache_root") or MODEL_CACHE_DEFAULTS["root"])
+    hf_home = str(settings.get("model_cache_hf_home") or root.rstrip("/") + "/hf")
+    wanted = settings.get("model_cache_models") or [
+        i.get("model") for i in settings.get("vllm_service_instances") or [] if isinstance(i, dict)
+    ]
+    writes = []
+    for name in dict.fromkeys(str(n) for n in wanted if n):
+        entry = models.get(name)
+        size = _catalog_size_gb(entry)
+        source = entry.get("source") if isinstance(entry, dict) else None
+        if size is None or not isinstance(source, dict) or source.get("path"):
+            continue  # no declared size, or a path source: nothing is fetched
+        if source.get("hf"):
+            repo = "models--" + str(source["hf"]).replace("/", "--")
+            target, used = f"{hf_home}/hub", [f"{hf_home}/hub/{repo}"]
+        else:
+            target, used = f"{root}/{name}", [f"{root}/{name}", f"{root}/.{name}.llmfleet"]
+        writes.append({"name": name, "size_gb": size, "path": target, "used": used})
+    return writes
+
+
+def _needs_image_arch(host_groups: list[str], groups: Any, settings: dict[str, Any]) -> bool:
+    """A docker inference node whose image a builder of this inventory may build: its arch must match."""
+    return (
+        "inference_nodes" in host_groups
+        and settings.get("vllm_service_runtime") == "docker"
+        and bool(settings.get("vllm_service_image"))
+        and bool(isinstance(groups, dict) and groups.get("vllm_builders"))
+    )
+
+
+def probe_items(host: str, host_groups: list[str], groups: Any, settings: dict[str, Any], models: Any) -> list[str]:
+    """What the probe must read on this host for the checks that need facts; empty when none does."""
+    items: list[str] = []
+    if "gpu_nodes" in host_groups or _builds(host_groups) or _needs_image_arch(host_groups, groups, settings):
+        items.append("arch")
+    if _builds(host_groups):
+        platform = parse_platform(settings.get("vllm_build_platform"))
+        if platform:
+            items.append("binfmt")
+        paths, _ = build_disk_needs(settings)
+        items += [f"free={p}" for p in paths]
+    for write in model_cache_writes(host, host_groups, settings, models):
+        items.append(f"free={write['path']}")
+        items += [f"used={u}" for u in write["used"]]
+    return list(dict.fromkeys(items))
+
+
+def probe_argv(items: list[str]) -> list[str]:
+    """The read-only command (``ansible.builtin.command`` argv) that reads ``items``."""
+    return ["/bin/sh", "-c", PROBE_SCRIPT, "llmfleet-probe", *items] if items else []
+
+
+def parse_probe(text: Any) -> dict[str, Any]:
+    """The probe's output: arch, binfmt (None when unreadable), free {path: (bytes, st_dev)}, used {path: bytes}."""
+    facts: dict[str, Any] = {"arch": None, "binfmt": None, "free": {}, "used": {}}
+    handlers: set[str] = set()
+    for line in str(text or "").splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind == "arch" and rest:
+            facts["arch"] = rest.strip()
+        elif kind == "binfmt" and rest:
+            handlers.add(rest.strip())
+        elif kind == "binfmt-read":
+            facts["binfmt"] = handlers
+        elif kind == "free":
+            kib, dev, path = [*rest.split(" ", 2), "", ""][:3]
+            if kib.isdigit() and path:
+                facts["free"][path] = (int(kib) * 1024, dev)
+        elif kind == "used":
+            kib, _, path = rest.partition(" ")
+            if kib.isdigit() and path:
+                facts["used"][path] = int(kib) * 1024
+    return facts
+
+
+def _gb(n: float) -> str:
+    return f"{n / GIB:.1f} GB"
+
+
+def _check_build_facts(host: str, settings: dict[str, Any], facts: dict[str, Any]) -> list[str]:
+    errors: list[str] = []
+    arch = facts["arch"]
+    machine = DOCKER_ARCH_BY_MACHINE.get(arch or "")
+    given = settings.get("vllm_build_platform") or ""
+    target = parse_platform(given) if given else machine
+    mode = _build_setting(settings, "mode")
+    if mode == "source" and not given and arch and machine not in SOURCE_BUILD_ARCHES:
+        errors.append(
+            f"host {host}: vllm_build_mode = 'source' with vllm_build_platform = '' builds vLLM's CUDA Dockerfile "
+            f"for the builder's architecture {arch!r}; allowed: a builder on x86_64 or aarch64, or "
+            "vllm_build_platform linux/amd64 or linux/arm64 (CUDA base images exist for those only)"
+        )
+    docker_host = str(_build_setting(settings, "docker_host"))
+    if given and target and machine and target != machine and docker_host.startswith("unix://"):
+        handlers = facts["binfmt"]
+        handler = QEMU_NAME.get(target, target)
+        if handlers is not None and handler not in handlers:
+            errors.append(
+                f"host {host}: vllm_build_platform = {given!r} is not the builder's architecture ({arch}) and the "
+                f"builder's kernel has no binfmt handler qemu-{handler}, so the build's RUN steps cannot run; "
+                f"allowed: linux/{machine} (or ''), or register QEMU first (docker run --privileged "
+                f"tonistiigi/binfmt --install {target})"
+            )
+    paths, min_gb = build_disk_needs(settings)
+    if min_gb is None:
+        return errors
+    for path in paths:
+        free = facts["free"].get(path)
+        if free is not None and free[0] < min_gb * GIB:
+            errors.append(
+                f"host {host}: vllm_build_disk_paths entry {path!r} (or the nearest existing parent) has "
+                f"{_gb(free[0])} free, but a {mode} build needs vllm_build_min_free_gb = {min_gb:g} GB; "
+                "allowed: at least that much free (docker system prune, docker builder prune), or a lower "
+                "vllm_build_min_free_gb"
+            )
+    return errors
+
+
+def _check_cache_facts(
+    host: str, host_groups: list[str], settings: dict[str, Any], models: Any, facts: dict[str, Any]
+) -> list[str]:
+    """Models to fetch against the free space of the filesystem they land on (model_sync's own check,
+    made before any host changes: what is already there counts, the reserve must stay free)."""
+    reserve_mb = _as_int(settings.get("model_cache_free_space_reserve_mb"))
+    reserve = (MODEL_CACHE_DEFAULTS["free_space_reserve_mb"] if reserve_mb is None else reserve_mb) << 20
+    by_fs: dict[str, dict[str, Any]] = {}
+    for write in model_cache_writes(host, host_groups, settings, models):
+        free = facts["free"].get(write["path"])
+        if free is None:
+            continue
+        present = sum(facts["used"].get(u, 0) for u in write["used"])
+        need = max(0, int(write["size_gb"] * GIB) - present)
+        if need == 0:
+            continue
+        fs = by_fs.setdefault(free[1], {"free": free[0], "need": 0, "models": [], "path": write["path"]})
+        fs["need"] += need
+        fs["models"].append(f"fleet_models[{write['name']!r}] (size_gb {write['size_gb']:g}, {_gb(present)} there)")
+    errors = []
+    for fs in by_fs.values():
+        if fs["need"] + reserve > fs["free"]:
+            root = settings.get("model_cache_root") or MODEL_CACHE_DEFAULTS["root"]
+            errors.append(
+                f"host {host}: model_cache_root = {root!r}: "
+                f"the filesystem of {fs['path']!r} (or its nearest existing parent) has {_gb(fs['free'])} free, but "
+                f"{', '.join(fs['models'])} need {_gb(fs['need'])} more plus model_cache_free_space_reserve_mb = "
+                f"{reserve >> 20}; allowed: at most {_gb(max(0, fs['free'] - reserve))} to fetch there (free space, "
+                "point model_cache_root elsewhere, or model_cache_mode mount / none)"
+            )
+    return errors
+
+
+def _check_image_arch(
+    host: str, settings: dict[str, Any], facts: dict[str, Any], builds: list[dict[str, Any]], probes: dict[str, Any]
+) -> list[str]:
+    """A docker inference node running an image a builder of this inventory builds for another architecture."""
+    machine = DOCKER_ARCH_BY_MACHINE.get(facts["arch"] or "")
+    image = settings.get("vllm_service_image")
+    if not machine or not image:
+        return []
+    for build in builds or []:
+        if not isinstance(build, dict) or image not in (build.get("refs") or []):
+            continue
+        if build.get("local") and build.get("host") != host:
+            continue  # an image tagged on another host only: not this one's
+        platform = build.get("platform") or ""
+        target = parse_platform(platform) if platform else None
+        if not platform:
+            builder_arch = parse_probe((probes or {}).get(build.get("host"), ""))["arch"]
+            target = DOCKER_ARCH_BY_MACHINE.get(builder_arch or "")
+        if target and target != machine:
+            source = f"vllm_build_platform = {platform!r}" if platform else f"its architecture {builder_arch}"
+            return [
+                f"host {host}: vllm_service_image = {image!r} is built by vllm_builders host {build.get('host')} for "
+                f"linux/{target} ({source}), but this host is {facts['arch']}; allowed: an image for linux/{machine} "
+                f"(set that builder's vllm_build_platform to linux/{machine}, or use another image)"
+            ]
+    return []
+
+
+def check_host_facts(
+    host: str,
+    host_groups: list[str],
+    settings: dict[str, Any],
+    models: Any,
+    probe: Any,
+    builds: list[dict[str, Any]] | None = None,
+    build_probes: dict[str, Any] | None = None,
+) -> list[str]:
+    """What the host's facts (the probe's output) rule out: an architecture nvidia_runtime or a build
+    cannot serve, an image built for another architecture, too little free disk for a build or the models."""
+    facts = parse_probe(probe)
+    errors: list[str] = []
+    arch = facts["arch"]
+    if "gpu_nodes" in host_groups and arch and arch not in NVIDIA_RUNTIME_ARCHES:
+        errors.append(
+            f"host {host} is in group gpu_nodes (nvidia_runtime) but its architecture is {arch!r}; "
+            f"allowed: {', '.join(NVIDIA_RUNTIME_ARCHES)} (NVIDIA's repositories have no other)"
+        )
+    if _builds(host_groups):
+        errors += _check_build_facts(host, settings, facts)
+    if settings.get("vllm_service_runtime") == "docker" and "inference_nodes" in host_groups:
+        errors += _check_image_arch(host, settings, facts, builds or [], build_probes or {})
+    errors += _check_cache_facts(host, host_groups, settings, models, facts)
     return errors

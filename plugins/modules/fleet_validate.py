@@ -21,6 +21,17 @@ description:
     and ports, the host's runtime, a model from the C(fleet_models) catalog, GPU memory shares that
     add up to at most 1 per GPU, and no more tensor x pipeline parallelism than GPUs given in
     C(gpu_ids) or, without them, than the host has (O(gpu), from C(llmfleet.fleet.gpu_facts)).
+  - "Where a check needs a fact of the host, the first call says which (RV(facts_needed)) and hands
+    back the read-only command that reads architecture and free disk (RV(probe_argv)); the second call
+    gets its output in O(probe) and refuses: a C(gpu_nodes) host that is not x86_64 or aarch64; a
+    builder asked for a foreign C(vllm_build_platform) whose kernel has no QEMU binfmt handler for it;
+    a source build for a builder that is not x86_64 or aarch64; a docker inference node whose
+    C(vllm_service_image) a builder of the inventory builds for another architecture (O(builds));
+    too little free disk on C(vllm_build_disk_paths) for C(vllm_build_min_free_gb), and on the
+    filesystem of the model cache for the catalog models (with C(size_gb)) model_cache will fetch,
+    less what is already there, plus C(model_cache_free_space_reserve_mb)."
+  - Ports of one host are compared as numbers (a port given as the string C(8000) is 8000), across
+    the instances, the gateway and its registry, Prometheus and Alertmanager.
   - Every error names the host, the variable (with the instance's index and name), the offending
     value (a secret's is never shown) and what is allowed.
   - Never changes anything.
@@ -78,6 +89,24 @@ options:
         without C(gpu_ids) may not ask for more tensor x pipeline parallelism than its C(count).
       - Leave it out on the first call; RV(facts_needed) says whether the host's GPUs must be read.
     type: dict
+  probe:
+    description:
+      - The output of the command RV(probe_argv) of the first call, run on the host (architecture,
+        binfmt handlers, free and used disk). Leave it out on the first call.
+    type: str
+  builds:
+    description:
+      - What the C(vllm_builders) hosts publish, each one's RV(build) of its first call; a docker
+        inference node's image is checked against them.
+    type: list
+    elements: dict
+    default: []
+  build_probes:
+    description:
+      - Builder host to the output of its probe (O(probe)), for the architecture of a builder with
+        no C(vllm_build_platform).
+    type: dict
+    default: {}
 attributes:
   check_mode:
     support: full
@@ -115,17 +144,34 @@ errors:
 facts_needed:
   description:
     - Host facts a check still needs (C(gpu) - an instance asks for more than one GPU without
-      C(gpu_ids) and O(gpu) was not given); read them and call the module again with them.
+      C(gpu_ids) and O(gpu) was not given; C(arch), C(disk) - read by RV(probe_argv)); read them and
+      call the module again with them.
   returned: always
   type: list
   elements: str
-  sample: [gpu]
+  sample: [gpu, arch, disk]
+probe_argv:
+  description:
+    - The read-only command (argv of C(ansible.builtin.command)) that reads the facts the checks
+      need on the host (C(uname -m), binfmt handlers, C(df) of each path or its nearest existing
+      parent, C(du) of what is already there); empty when no check needs one or O(probe) was given.
+  returned: always
+  type: list
+  elements: str
+build:
+  description: On a builder, what it publishes (host, image references, platform); null elsewhere.
+  returned: always
+  type: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory import (
+    build_target,
+    check_host_facts,
     check_models,
     needs_gpu_count,
+    probe_argv,
+    probe_items,
     secret_values,
     spec_error_messages,
     validate_host,
@@ -151,6 +197,9 @@ def main() -> None:
             },
             "models": {"type": "dict", "default": {}},
             "gpu": {"type": "dict"},
+            "probe": {"type": "str"},
+            "builds": {"type": "list", "elements": "dict", "default": []},
+            "build_probes": {"type": "dict", "default": {}},
         },
         supports_check_mode=True,
     )
@@ -161,17 +210,32 @@ def main() -> None:
     own = check_models(p["models"], p["groups"]) + validate_host(
         p["host"], p["host_groups"], p["groups"], p["settings"], p["models"], p["specs"], p["gpu"]
     )
+    if p["probe"] is not None:
+        own += check_host_facts(
+            p["host"], p["host_groups"], p["settings"], p["models"], p["probe"], p["builds"], p["build_probes"]
+        )
     errors = list(dict.fromkeys(spec_error_messages(p["host"], p["spec_errors"], own) + own))
     facts_needed = []
     if p["gpu"] is None and needs_gpu_count(p["settings"].get("vllm_service_instances")):
         facts_needed.append("gpu")
+    items = (
+        []
+        if p["probe"] is not None
+        else probe_items(p["host"], p["host_groups"], p["groups"], p["settings"], p["models"])
+    )
+    if "arch" in items:
+        facts_needed.append("arch")
+    if any(i.startswith("free=") for i in items):
+        facts_needed.append("disk")
+    result = {
+        "errors": errors,
+        "facts_needed": facts_needed,
+        "probe_argv": probe_argv(items),
+        "build": build_target(p["host"], p["host_groups"], p["settings"]),
+    }
     if errors:
-        module.fail_json(
-            msg=f"inconsistent inventory ({len(errors)} problem(s)): " + "; ".join(errors),
-            errors=errors,
-            facts_needed=facts_needed,
-        )
-    module.exit_json(changed=False, errors=[], facts_needed=facts_needed)
+        module.fail_json(msg=f"inconsistent inventory ({len(errors)} problem(s)): " + "; ".join(errors), **result)
+    module.exit_json(changed=False, **result)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 These run the real site.yml through the real ansible-runner wrapper (what ``llmfleet deploy`` and
 ``llmfleet check`` use). The hosts of the bad inventories do not exist (community.docker
 connection to containers that are not there), so any task that reached one would fail or be
-unreachable by itself: the only failure allowed is the validate play's own task. The one
-exception is ``tp-over-gpus``, whose host is this machine (local connection): its check needs the
-host's real GPU count, read by gpu_facts (no nvidia-smi here: 0 GPUs).
+unreachable by itself: the only failure allowed is the validate play's own task. The exceptions
+are the checks that need a fact of the host, whose hosts are this machine (local connection):
+``tp-over-gpus`` (the real GPU count, read by gpu_facts: no nvidia-smi here, 0 GPUs),
+``disk-model-cache`` (the real free space of the cache's filesystem, read by df) and ``arch-image``
+(the real architecture, read by uname -m: this machine is x86_64).
 
 The good inventory's hosts are this machine too, so only playbooks/validate.yml is run on it: the
 later plays of site.yml would really install things here.
@@ -22,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 FIXTURES = REPO / "tests" / "fixtures" / "inventories"
 VALIDATE_PLAY = "Validate the inventory before any host changes"
 REFUSE = "Refuse an inconsistent inventory"
-REFUSE_GPUS = "Refuse more tensor x pipeline parallelism than the host has GPUs"
+REFUSE_FACTS = "Refuse what the host's GPUs, architecture and free disk rule out"
 
 BAD = [
     # (inventory, host, failing task, what the message must say: host, variable, value, what is allowed)
@@ -114,9 +116,38 @@ BAD = [
     (
         "tp-over-gpus",
         "local-gpu",
-        REFUSE_GPUS,
+        REFUSE_FACTS,
         "host local-gpu: vllm_service_instances[0] ('small'): tensor_parallel_size x pipeline_parallel_size = 2 "
         "needs 2 GPUs, but gpu_facts found 0 on the host",
+    ),
+    (
+        "port-string",
+        "gpu-p",
+        REFUSE,
+        (
+            "host gpu-p: vllm_service_instances[1] ('small2').port = '8000' is already used by instance 'small'",
+            "host gpu-p: model_gateway_port = '8000' is already used by vllm_service_instances[0] ('small').port "
+            "on this host; allowed: a port no other service of the host uses",
+        ),
+    ),
+    (
+        "disk-model-cache",
+        "local-cache",
+        REFUSE_FACTS,
+        (
+            "host local-cache: model_cache_root = '/var/cache/llmfleet-validate-test/models': the filesystem of "
+            "'/var/cache/llmfleet-validate-test/models/huge' (or its nearest existing parent) has ",
+            "fleet_models['huge'] (size_gb 1e+06, 0.0 GB there) need 1000000.0 GB more plus "
+            "model_cache_free_space_reserve_mb = 1024; allowed: at most ",
+        ),
+    ),
+    (
+        "arch-image",
+        "local-x86",
+        REFUSE_FACTS,
+        "host local-x86: vllm_service_image = '127.0.0.1:5999/llmfleet/vllm-openai-arm:1.0' is built by "
+        "vllm_builders host local-builder for linux/arm64 (vllm_build_platform = 'linux/arm64'), but this host is "
+        "x86_64; allowed: an image for linux/amd64",
     ),
 ]
 
@@ -140,7 +171,8 @@ def _assert_refused_in_first_play(rc, summary, path, host, task, expected):
     failed = summary["failed_tasks"]
     assert [(t["play"], t["task"]) for t in failed] == [(VALIDATE_PLAY, task)], failed
     assert failed[0]["host"] == host
-    assert expected in failed[0]["message"], failed[0]["message"]
+    for part in (expected,) if isinstance(expected, str) else expected:
+        assert part in failed[0]["message"], failed[0]["message"]
 
 
 @pytest.mark.parametrize(("inventory", "host", "task", "expected"), BAD, ids=[b[0] for b in BAD])
@@ -159,12 +191,26 @@ def test_check_mode_refuses_too(tmp_path):
     _assert_refused_in_first_play(rc, summary, path, host, task, expected)
 
 
-@pytest.mark.parametrize("inventory", [FIXTURES / "good" / "hosts.yml", REPO / "inventories" / "lab" / "hosts.yml"])
-def test_good_inventory_passes_the_validate_play(tmp_path, inventory):
-    """The fixture's hosts are this machine, the lab's are containers that need not exist: the
-    validate play reaches neither (no instance asks for GPUs it does not name), so both pass."""
+# The lab's hosts are containers that need not exist (and must not be touched when they do): its
+# run points every host at this machine, so the reads the checks need (the builder's free disk and
+# architecture) read this machine, as they would read the containers (which see its disk).
+LOCAL = {"ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}"}
+
+
+@pytest.mark.parametrize(
+    ("inventory", "extravars"),
+    [(FIXTURES / "good" / "hosts.yml", None), (REPO / "inventories" / "lab" / "hosts.yml", LOCAL)],
+    ids=["good", "lab"],
+)
+def test_good_inventory_passes_the_validate_play(tmp_path, inventory, extravars):
+    """Both pass: the good fixture's hosts are this machine, and so are the lab's for this run."""
     req = runner.RunRequest(
-        playbook="playbooks/validate.yml", inventory=str(inventory), check=True, summary_dir=tmp_path, quiet=True
+        playbook="playbooks/validate.yml",
+        inventory=str(inventory),
+        check=True,
+        extravars=extravars,
+        summary_dir=tmp_path,
+        quiet=True,
     )
     rc, summary, _ = runner.run(req)
     assert rc == 0, summary["failed_tasks"]
