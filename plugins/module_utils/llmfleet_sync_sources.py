@@ -11,6 +11,7 @@ except huggingface_hub for the hub source.
 from __future__ import annotations
 
 import decimal
+import errno
 import fnmatch
 import hashlib
 import http.client
@@ -19,8 +20,10 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
+import threading
 import urllib.error
 import urllib.parse
 from collections.abc import Callable
@@ -41,6 +44,9 @@ PINNED_REVISION = re.compile(r"[0-9a-f]{40}")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 SSH_UNREACHABLE_RC = 255
 REMOTE_NO_PATH_RC = 41
+# Pieces a local copy hands the kernel at a time: big enough that syscalls are few, small enough that the
+# hashing thread reading the destination back stays close behind the copy (the data is still in the page cache).
+COPY_CHUNK = 16 * 1024 * 1024
 
 
 class SyncError(Exception):
@@ -64,11 +70,16 @@ class SourceFile:
 
 @dataclass
 class FetchState:
-    """What a fetch tells the caller while it runs and when it is done."""
+    """What a fetch tells the caller while it runs and when it is done (updated from several threads)."""
 
     current_file: str = ""
     bytes_transferred: int = 0
     digests: dict[str, str] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add_bytes(self, count: int) -> None:
+        with self.lock:
+            self.bytes_transferred += count
 
 
 def is_pinned_revision(revision: str | None) -> bool:
@@ -87,21 +98,121 @@ def filter_names(names: list[str], allow: list[str] | None, ignore: list[str] | 
     return [name for name in kept if not ignore or not hub_pattern_matches(name, ignore)]
 
 
-def _copy_and_hash(src: str, dst: str, state: FetchState) -> str:
+COPY_METHODS = ("copy_file_range", "sendfile", "readwrite")
+# Errors after which a copy syscall is not usable for this pair of files (another filesystem, an old kernel, a
+# filesystem without the operation); the copy goes on with the next method from the same offset.
+COPY_FALLBACK_ERRNOS = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.EBADF}
+
+
+class RangeCopier:
+    """Copies ``size`` bytes from one file to another in COPY_CHUNK pieces, in the kernel where it can:
+    ``os.copy_file_range`` (a reflink or server-side copy where the filesystem offers one), else ``os.sendfile``,
+    else ``pread``/``pwrite``. ``copied`` grows as pieces land, so another thread can hash behind it."""
+
+    def __init__(self, src_fd: int, dst_fd: int, size: int, state: FetchState, first: str = "copy_file_range") -> None:
+        self.src_fd, self.dst_fd, self.size, self.state = src_fd, dst_fd, size, state
+        methods = [name for name in COPY_METHODS if name == "readwrite" or hasattr(os, name)]
+        self.methods = methods[methods.index(first) :] if first in methods else methods[-1:]
+        self.copied = 0
+        self.error: BaseException | None = None
+        self.stop = False
+        self.cond = threading.Condition()
+
+    def _piece(self, offset: int, count: int) -> int:
+        method = self.methods[0]
+        if method == "copy_file_range":
+            return os.copy_file_range(self.src_fd, self.dst_fd, count, offset, offset)
+        if method == "sendfile":
+            os.lseek(self.dst_fd, offset, os.SEEK_SET)  # sendfile writes at the destination's file position
+            return os.sendfile(self.dst_fd, self.src_fd, offset, count)
+        data = os.pread(self.src_fd, count, offset)
+        view, written = memoryview(data), 0
+        while written < len(data):
+            written += os.pwrite(self.dst_fd, view[written:], offset + written)
+        return len(data)
+
+    def run(self) -> None:
+        try:
+            while self.copied < self.size and not self.stop:
+                count = min(COPY_CHUNK, self.size - self.copied)
+                try:
+                    done = self._piece(self.copied, count)
+                except OSError as exc:
+                    if exc.errno not in COPY_FALLBACK_ERRNOS or len(self.methods) == 1:
+                        raise
+                    self.methods.pop(0)
+                    continue
+                if done == 0:
+                    if len(self.methods) == 1:
+                        break  # the source is shorter than it was: the size check after the fetch names it
+                    self.methods.pop(0)  # some filesystems answer 0 to copy_file_range: use the next method
+                    continue
+                self.state.add_bytes(done)
+                with self.cond:
+                    self.copied += done
+                    self.cond.notify_all()
+        except BaseException as exc:  # handed to the hashing thread, which raises it
+            self.error = exc
+        finally:
+            with self.cond:
+                self.stop = True
+                self.cond.notify_all()
+
+    def wait_past(self, offset: int) -> int:
+        """Block until more than ``offset`` bytes are copied or the copy ended; return the bytes copied."""
+        with self.cond:
+            while self.copied <= offset and not self.stop:
+                self.cond.wait()
+            if self.error is not None:
+                raise self.error
+            return self.copied
+
+
+def _hash_behind(copier: RangeCopier, path: str) -> str:
+    """sha256 of ``path`` read back (from the page cache) as far as ``copier`` has written it, until the copy ends."""
     digest = hashlib.sha256()
     buffer = bytearray(READ_SIZE)
     view = memoryview(buffer)
-    with open(src, "rb", buffering=0) as reader, open(dst, "wb", buffering=0) as writer:
+    hashed = 0
+    with open(path, "rb", buffering=0) as readback:
         while True:
-            count = reader.readinto(buffer)
-            if not count:
-                break
-            digest.update(view[:count])
-            writer.write(view[:count])
-            state.bytes_transferred += count
-    info = os.stat(src)
+            copied = copier.wait_past(hashed)
+            if copied <= hashed:
+                return digest.hexdigest()
+            while hashed < copied:
+                count = readback.readinto(view[: min(READ_SIZE, copied - hashed)])
+                if not count:
+                    raise SyncError(f"{path} ended at {hashed} bytes while {copied} were copied into it")
+                digest.update(view[:count])
+                hashed += count
+
+
+def _copy_and_hash(src: str, dst: str, state: FetchState, first: str = "copy_file_range") -> str:
+    """Copy ``src`` to ``dst`` and return the sha256 of what landed in ``dst``. A file over COPY_CHUNK is copied by
+    another thread while this one hashes the destination behind it, so hashing overlaps copying. ``first`` is the
+    copy method tried first (later ones in COPY_METHODS are the fallbacks)."""
+    with open(src, "rb", buffering=0) as reader, open(dst, "wb", buffering=0) as writer:
+        info = os.fstat(reader.fileno())
+        copier = RangeCopier(reader.fileno(), writer.fileno(), info.st_size, state, first)
+        thread = None
+        if info.st_size > COPY_CHUNK:
+            thread = threading.Thread(target=copier.run, daemon=True)
+            thread.start()
+        else:
+            copier.run()
+        try:
+            digest = _hash_behind(copier, dst)
+        finally:
+            copier.stop = True
+            if thread is not None:
+                thread.join()
     os.utime(dst, ns=(info.st_atime_ns, info.st_mtime_ns))
-    return digest.hexdigest()
+    return digest
+
+
+def largest_first(names: list[str], size_of: Callable[[str], int]) -> list[str]:
+    """Names ordered by size, largest first, so the long files start at once and the workers finish together."""
+    return sorted(names, key=lambda name: (-size_of(name), name))
 
 
 class LocalSource:
@@ -135,8 +246,11 @@ class LocalSource:
             state.current_file = name
             state.digests[name] = _copy_and_hash(os.path.join(self.path, name), target, state)
 
+        def size_of(name: str) -> int:
+            return os.path.getsize(os.path.join(self.path, name))
+
         with ThreadPoolExecutor(max_workers=max(1, min(default_workers(workers), len(names) or 1))) as pool:
-            for future in [pool.submit(one, name) for name in names]:
+            for future in [pool.submit(one, name) for name in largest_first(names, size_of)]:
                 future.result()
 
 
@@ -221,7 +335,7 @@ class UrlSource:
                     digest.update(chunk)
                     writer.write(chunk)
                     written += len(chunk)
-                    state.bytes_transferred += len(chunk)
+                    state.add_bytes(len(chunk))
         except (OSError, http.client.HTTPException) as exc:
             raise SyncError(
                 f"download of {self.url!r} stopped at {written} bytes ({exc}); the part is kept in staging and a"
@@ -235,6 +349,26 @@ class UrlSource:
                 url=self.url,
             )
         state.digests[name] = digest.hexdigest()
+
+
+CONTROL_PERSIST_S = 60
+CONTROL_PATH_MAX = 90  # a unix socket path has 108 bytes; ssh adds a 17-character suffix while it sets one up
+
+
+def private_control_dir() -> str:
+    """A directory for ssh control sockets that only this user can enter (created 0700 under the temporary directory;
+    refused when it exists as anything else: a symlink, another owner, wider permissions)."""
+    path = os.path.join(tempfile.gettempdir(), f"llmfleet-ssh-{os.getuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return ""
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return ""
+    return path
 
 
 class SshSource:
@@ -264,12 +398,40 @@ class SshSource:
         return f"{self.user}@{self.host}" if self.user else self.host
 
     def ssh_options(self) -> list[str]:
+        """The ssh options of every connection. ssh takes the first value given for an option, so the user's
+        ``ssh_options`` come before the connection sharing set here and can turn it off (``ControlMaster=no``)."""
         opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.timeout}"]
         if self.key:
             opts += ["-i", self.key]
         for option in self.options:
             opts += ["-o", option]
+        control_path = self.control_path()
+        if control_path:
+            opts += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control_path}"]
+            opts += ["-o", f"ControlPersist={CONTROL_PERSIST_S}"]
         return opts
+
+    def control_path(self) -> str:
+        """The OpenSSH ControlPath shared by the listing, the transfer and syncs within CONTROL_PERSIST_S: one socket
+        per (user, host, port, key, options), in a 0700 directory this user owns; "" when no such directory can be
+        had (sharing is then off and each ssh call connects on its own)."""
+        directory = private_control_dir()
+        if not directory:
+            return ""
+        key = json.dumps([self.user, self.host, self.port, self.key, self.options])
+        path = os.path.join(directory, hashlib.sha256(key.encode()).hexdigest()[:20])
+        return path if len(path) <= CONTROL_PATH_MAX else ""
+
+    def close_shared_connection(self) -> None:
+        """End the shared connection now (``ssh -O exit``) rather than after CONTROL_PERSIST_S idle seconds."""
+        control_path = self.control_path()
+        if control_path and os.path.exists(control_path):
+            subprocess.run(
+                ["ssh", "-o", f"ControlPath={control_path}", "-O", "exit", "-p", str(self.port), self.target],
+                capture_output=True,
+                timeout=self.timeout,
+                check=False,
+            )
 
     def ssh(self, command: str) -> subprocess.CompletedProcess[bytes]:
         cmd = ["ssh", *self.ssh_options(), "-p", str(self.port), self.target, command]
@@ -281,12 +443,14 @@ class SshSource:
             ) from exc
 
     def list_files(self) -> dict[str, SourceFile]:
+        """One ssh round trip: whether rsync is there, the source's manifest (JSON, so it holds no NUL byte) ended by
+        a NUL, then ``size mtime name`` records, NUL-terminated."""
         path = shlex.quote(self.path)
         script = (
             f"if command -v {shlex.quote(self.rsync_path)} >/dev/null 2>&1;"
             " then echo rsync=yes; else echo rsync=no; fi;"
             f" cd {path} || exit {REMOTE_NO_PATH_RC};"
-            f" if test -f {MANIFEST_NAME}; then echo manifest=yes; else echo manifest=no; fi;"
+            f" echo manifest=; cat {MANIFEST_NAME} 2>/dev/null; printf '\\000';"
             f" find . -type f ! -path ./{MANIFEST_NAME} ! -path './.llmfleet/*' -printf '%s %T@ %P\\0'"
         )
         proc = self.ssh(script)
@@ -299,16 +463,16 @@ class SshSource:
             raise SyncError(
                 f"listing src {self.path!r} on remote_host {self.host!r} failed (rc {proc.returncode}): {err}"
             )
-        head, _, records = proc.stdout.partition(b"manifest=")
+        head, _, rest = proc.stdout.partition(b"manifest=\n")
         remote_rsync = b"rsync=yes" in head
-        has_manifest, _, records = records.partition(b"\n")
+        manifest_text, _, records = rest.partition(b"\0")
         self.method = self._choose_method(remote_rsync)
-        if has_manifest == b"yes":
-            fetched = self.ssh(f"cat {path}/{MANIFEST_NAME}")
-            try:
-                self.remote_manifest = json.loads(fetched.stdout) if fetched.returncode == 0 else None
-            except ValueError:
-                self.remote_manifest = None
+        try:
+            manifest = json.loads(manifest_text) if manifest_text.strip() else None
+        except ValueError:
+            manifest = None
+        usable = isinstance(manifest, dict) and isinstance(manifest.get("files"), dict)
+        self.remote_manifest = manifest if usable else None
         known = (self.remote_manifest or {}).get("files", {})
         files = {}
         for record in records.split(b"\0"):
@@ -438,7 +602,7 @@ class HubSource:
                 raise SyncError(
                     f"download of {name!r} from repo_id {self.repo_id!r} at revision {self.revision!r} failed: {exc}"
                 ) from exc
-            state.bytes_transferred += os.path.getsize(os.path.join(staging, name)) - before
+            state.add_bytes(os.path.getsize(os.path.join(staging, name)) - before)
 
 
 def hub_cached_files(snapshot_dir: str, blobs_dir: str) -> tuple[dict[str, str], list[str]]:

@@ -99,7 +99,12 @@ options:
     description: Private key file for SSH (C(ssh -i)).
     type: path
   ssh_options:
-    description: Extra C(ssh -o) options, such as C(StrictHostKeyChecking=accept-new). C(BatchMode=yes) is always set.
+    description:
+      - Extra C(ssh -o) options, such as C(StrictHostKeyChecking=accept-new). C(BatchMode=yes) is always set.
+      - The listing, the transfer and syncs within 60 seconds share one SSH connection (OpenSSH C(ControlMaster=auto),
+        C(ControlPersist=60)) through a socket in a directory only this user can enter
+        (C(<tmpdir>/llmfleet-ssh-<uid>), mode 0700). These options come first, so C(ControlMaster=no) turns the
+        sharing off.
     type: list
     elements: str
     default: []
@@ -144,7 +149,10 @@ options:
     choices: [fast, full]
     default: fast
   workers:
-    description: Threads that hash (and, for O(source=local), copy) in parallel; V(0) means one per core.
+    description:
+      - Files hashed (and, for O(source=local), copied) in parallel; V(0) means one per core.
+      - With O(source=local) each file over 16 MiB is copied in the kernel (C(copy_file_range), else C(sendfile),
+        else read and write) by a thread of its own while its worker hashes what has landed in the destination.
     type: int
     default: 0
   free_space_reserve_mb:

@@ -22,6 +22,7 @@ from pathlib import Path
 import model_sync
 import model_sync_info
 import pytest
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_sync_sources import SshSource
 from ansible_module import run_module, run_through_ansible
 
 MiB = 1024 * 1024
@@ -322,7 +323,8 @@ def sshd(tmp_path_factory) -> Iterator[dict]:
         f"UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nSubsystem sftp {sftp_server}\n"
     )
     os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation directory (its init script makes it)
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(root / "sshd_config")], stderr=subprocess.PIPE)
+    log = root / "sshd.log"  # -E: sshd's log goes to this file, where a test counts the connections it accepted
+    proc = subprocess.Popen([SSHD, "-D", "-E", str(log), "-f", str(root / "sshd_config")], stderr=subprocess.PIPE)
     deadline = time.time() + 10
     while time.time() < deadline:
         with socket.socket() as probe:
@@ -331,22 +333,33 @@ def sshd(tmp_path_factory) -> Iterator[dict]:
         time.sleep(0.1)
     else:
         proc.kill()
-        pytest.fail(f"sshd did not listen: {proc.stderr.read().decode() if proc.stderr else ''}")
-    yield {
+        pytest.fail(f"sshd did not listen: {log.read_text() if log.exists() else ''}")
+    args = {
         "remote_host": "127.0.0.1",
         "remote_port": port,
         "ssh_key": str(root / "user_key"),
         "ssh_options": ["StrictHostKeyChecking=no", f"UserKnownHostsFile={root / 'known_hosts'}"],
     }
+    yield {**args, "_log": log}
+    SshSource({**args, "src": "/"}).close_shared_connection()  # the syncs' shared connection would idle for 60 s
     proc.terminate()
     proc.wait(timeout=10)
+
+
+def _ssh_args(sshd: dict) -> dict:
+    return {key: value for key, value in sshd.items() if not key.startswith("_")}
+
+
+def _accepted(sshd: dict) -> int:
+    """How many ssh connections the test sshd has accepted so far (its log says "Accepted publickey" for each)."""
+    return sshd["_log"].read_text().count("Accepted publickey")
 
 
 @pytest.mark.parametrize(("rsync_path", "method"), [("rsync", "rsync"), ("/nonexistent/rsync", "sftp")])
 def test_ssh_source_with_rsync_and_the_sftp_fallback(sshd: dict, tmp_path: Path, rsync_path: str, method: str) -> None:
     src, dest = tmp_path / "src", tmp_path / "dest"
     files = _make_model(src)
-    args = {"source": "ssh", "src": str(src), "dest": str(dest), "rsync_path": rsync_path, **sshd}
+    args = {"source": "ssh", "src": str(src), "dest": str(dest), "rsync_path": rsync_path, **_ssh_args(sshd)}
     first = run_module(model_sync.main, args)
     assert not first["failed"] and first["changed"] and first["transfer"] == method, first
     assert {name: (dest / name).read_bytes() for name in files} == files
@@ -360,8 +373,37 @@ def test_ssh_source_with_rsync_and_the_sftp_fallback(sshd: dict, tmp_path: Path,
     assert manifest["files"]["config.json"]["sha256"] == hashlib.sha256(files["config.json"]).hexdigest()
 
 
+def test_ssh_sync_uses_one_connection_and_a_no_op_one_round_trip(sshd: dict, tmp_path: Path) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    files = _make_model(src)
+    own = _ssh_args(sshd)  # an option of its own: a control socket no other test's sync shares
+    own["ssh_options"] = [*own["ssh_options"], "ServerAliveInterval=17"]
+    args = {"source": "ssh", "src": str(src), "dest": str(dest), **own}
+    source = SshSource(own | {"src": str(src)})
+    assert source.control_path() and oct(os.stat(os.path.dirname(source.control_path())).st_mode & 0o777) == "0o700"
+    try:
+        before = _accepted(sshd)
+        first = run_module(model_sync.main, args)
+        assert first["changed"] and first["transfer"] == "rsync", first
+        assert {name: (dest / name).read_bytes() for name in files} == files
+        assert _accepted(sshd) - before == 1, "the listing and the rsync transfer share one ssh connection"
+
+        again = run_module(model_sync.main, args)  # the shared connection is still open: no new one
+        assert (again["changed"], again["hashed_bytes"]) == (False, 0) and _accepted(sshd) - before == 1, again
+
+        source.close_shared_connection()
+        assert not os.path.exists(source.control_path())
+        cold = run_module(model_sync.main, {**args, "src": str(dest), "dest": str(tmp_path / "copy")})
+        assert cold["changed"] and _accepted(sshd) - before == 2, cold  # listing + source manifest: one connection
+        source.close_shared_connection()
+        noop = run_module(model_sync.main, {**args, "src": str(dest), "dest": str(tmp_path / "copy")})
+        assert not noop["changed"] and _accepted(sshd) - before == 3, noop  # a fresh no-op: one round trip
+    finally:
+        source.close_shared_connection()
+
+
 def test_ssh_missing_source_path_is_named(sshd: dict, tmp_path: Path) -> None:
-    args = {"source": "ssh", "src": str(tmp_path / "nope"), "dest": str(tmp_path / "dest"), **sshd}
+    args = {"source": "ssh", "src": str(tmp_path / "nope"), "dest": str(tmp_path / "dest"), **_ssh_args(sshd)}
     result = run_module(model_sync.main, args)
     assert result["failed"] and f"src '{tmp_path / 'nope'}' is not a directory on remote_host" in result["msg"]
 

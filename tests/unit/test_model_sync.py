@@ -25,9 +25,13 @@ from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_sync_manif
     sha256_file,
 )
 from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_sync_sources import (
+    COPY_CHUNK,
+    FetchState,
     SourceFile,
+    _copy_and_hash,
     filter_names,
     is_pinned_revision,
+    largest_first,
 )
 from ansible_module import run_module
 
@@ -189,6 +193,41 @@ def test_layouts() -> None:
     hub = hub_layout("/srv/hf/hub", "org/name", SHA)
     assert hub.model_dir == f"/srv/hf/hub/models--org--name/snapshots/{SHA}"
     assert hub.manifest_path == f"/srv/hf/hub/models--org--name/.llmfleet/{SHA}.manifest.json"
+
+
+@pytest.mark.parametrize("method", ["copy_file_range", "sendfile", "readwrite"])
+def test_each_copy_method_copies_and_the_readback_hash_is_the_content_s(tmp_path: Path, method: str) -> None:
+    data = os.urandom(COPY_CHUNK * 2 + 12345)  # over one piece: the copy runs in its own thread, hashed behind
+    src, dst = _write(tmp_path / "src", data), tmp_path / "dst"
+    os.utime(src, ns=(1_000_000_000, 1_700_000_000_123_456_789))
+    state = FetchState()
+    digest = _copy_and_hash(str(src), str(dst), state, first=method)  # the fallback chain starts at ``method``
+    assert dst.read_bytes() == data and digest == hashlib.sha256(data).hexdigest()
+    assert state.bytes_transferred == len(data) and dst.stat().st_mtime_ns == 1_700_000_000_123_456_789
+
+
+def test_a_copy_across_filesystems_falls_back_from_copy_file_range(tmp_path: Path) -> None:
+    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the test's temporary directory")
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    src = Path("/dev/shm") / f"llmfleet-test-{os.getpid()}"
+    try:
+        _write(src, data)
+        assert _copy_and_hash(str(src), str(tmp_path / "dst"), FetchState()) == hashlib.sha256(data).hexdigest()
+    finally:
+        src.unlink()
+    assert (tmp_path / "dst").read_bytes() == data
+
+
+def test_copy_of_empty_and_small_files(tmp_path: Path) -> None:
+    for name, data in (("empty", b""), ("small", b"x" * 5000)):
+        digest = _copy_and_hash(str(_write(tmp_path / name, data)), str(tmp_path / f"{name}.copy"), FetchState())
+        assert digest == hashlib.sha256(data).hexdigest() and (tmp_path / f"{name}.copy").read_bytes() == data
+
+
+def test_largest_first() -> None:
+    sizes = {"a": 1, "b": 30, "c": 30, "d": 5}
+    assert largest_first(list(sizes), sizes.__getitem__) == ["b", "c", "d", "a"]
 
 
 def test_parallel_hashes_match_hashlib(tmp_path: Path) -> None:
