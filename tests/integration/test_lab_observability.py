@@ -11,6 +11,11 @@ The disruptive test stops the second vLLM instance of the lab's systemd inferenc
 instance-down alert fires, Alertmanager delivers it to a webhook receiver this test runs on the
 address the lab inventory gives (lab_alert_webhook_port: the observability host is on this
 machine's host network), and starting the instance again resolves it.
+
+The backup test (disruptive: it restores the database) writes rows into the langfuse database of the
+observability host's PostgreSQL (Debian's, datastores host mode), runs the backup service for real,
+changes and deletes rows, restores with playbooks/runbooks/observability_restore.yml through
+llmfleet.runner and reads back exactly the rows it wrote.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from llmfleet import runner
 from test_observability_files import VARIABLES, dashboard_exprs, substitute
 
 pytestmark = pytest.mark.lab
@@ -66,6 +72,9 @@ def lab() -> dict:
         "hostvars": hostvars,
         "prometheus": f"http://127.0.0.1:{obs.get('observability_stack_prometheus_port', 9090)}",
         "webhook_port": int(obs["lab_alert_webhook_port"]),
+        "host": hosts[0],
+        "postgres_port": int(obs.get("observability_stack_postgres_port", 5432)),
+        "backup_dir": obs.get("observability_stack_backup_dir", "/var/backups/llmfleet"),
     }
 
 
@@ -260,3 +269,89 @@ def test_rules_file_in_the_lab_uses_the_lab_windows(lab):
     body = _get(f"{lab['prometheus']}/api/v1/rules?type=record")
     queries = [r["query"] for g in body["data"]["groups"] for r in g["rules"] if "rate(" in r["query"]]
     assert queries and all(f"[{lab_vars['observability_stack_rate_window']}]" in q for q in queries)
+
+
+# ------------------------------------------------------------------------------- backup and restore
+RESTORE_TABLE = "llmfleet_restore_check"
+
+
+def _on_host(container: str, *cmd: str, timeout: float = 120) -> str:
+    result = subprocess.run(["docker", "exec", container, *cmd], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, (
+        f"{' '.join(cmd)} on {container} failed ({result.returncode}): {result.stderr[-2000:]}"
+    )
+    return result.stdout
+
+
+def _psql(lab: dict, sql: str) -> str:
+    return _on_host(
+        lab["host"],
+        *("runuser", "-u", "postgres", "--", "psql", "--host", "/var/run/postgresql"),
+        *("--port", str(lab["postgres_port"]), "-d", "langfuse", "-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql),
+    )
+
+
+def _rows(lab: dict) -> list[tuple[int, str]]:
+    out = _psql(lab, f"SELECT id, note FROM {RESTORE_TABLE} ORDER BY id")
+    return [(int(i), note) for i, note in (line.split("|", 1) for line in out.splitlines() if line)]
+
+
+def _dumps(lab: dict) -> set[str]:
+    out = _on_host(lab["host"], "find", f"{lab['backup_dir']}/postgres", "-name", "langfuse-*.dump", "-printf", "%f\\n")
+    return set(out.split())
+
+
+def _restore(lab: dict, extravars: dict | None = None) -> tuple[int, dict]:
+    rc, summary, _ = runner.run(
+        runner.RunRequest(
+            playbook="playbooks/runbooks/observability_restore.yml",
+            inventory=str(INVENTORY),
+            limit=lab["host"],
+            quiet=True,
+            extravars=extravars or {},
+        )
+    )
+    return rc, summary
+
+
+@pytest.mark.disruptive
+def test_postgres_restore_from_the_backup_gives_back_the_same_rows(lab):
+    token = os.urandom(6).hex()
+    written = [(i, f"row {i} of {token}") for i in range(1, 6)]
+    values = ", ".join(f"({i}, '{note}')" for i, note in written)
+    _psql(
+        lab,
+        f"DROP TABLE IF EXISTS {RESTORE_TABLE};"
+        f" CREATE TABLE {RESTORE_TABLE} (id integer PRIMARY KEY, note text NOT NULL);"
+        f" INSERT INTO {RESTORE_TABLE} VALUES {values};",
+    )
+    try:
+        assert _rows(lab) == written
+        before = _dumps(lab)
+        _on_host(lab["host"], "systemctl", "start", "llmfleet-observability-backup.service", timeout=300)
+        new = _dumps(lab) - before
+        assert len(new) == 1, f"the backup service wrote {sorted(new)} (before: {sorted(before)})"
+        unit = "llmfleet-observability-backup.service"
+        journal = _on_host(lab["host"], "journalctl", "-u", unit, "-n", "20", "--no-pager", "-o", "cat")
+        assert f"PostgreSQL: {lab['backup_dir']}/postgres/{next(iter(new))}" in journal, journal
+        assert "no ClickHouse backup taken" in journal, "the lab runs no ClickHouse: the script must say so"
+
+        _psql(
+            lab,
+            f"UPDATE {RESTORE_TABLE} SET note = 'changed' WHERE id = 1; DELETE FROM {RESTORE_TABLE} WHERE id IN (2, 3);"
+            f" INSERT INTO {RESTORE_TABLE} VALUES (99, 'added after the backup');",
+        )
+        assert _rows(lab) != written
+
+        rc, summary = _restore(lab, {"observability_stack_restore_dump": "langfuse-19700101T000000Z.dump"})
+        assert rc != 0, "restoring a dump that does not exist must fail"
+        messages = " ".join(t["message"] for t in summary["failed_tasks"])
+        assert "langfuse-19700101T000000Z.dump" in messages and "observability_stack_restore_dump" in messages, messages
+        assert (1, "changed") in _rows(lab), "a refused restore must leave the database as it was"
+
+        rc, summary = _restore(lab)
+        assert rc == 0, f"the restore runbook failed: {summary.get('failed_tasks')}"
+        assert summary["totals"]["failed"] == 0
+        assert _rows(lab) == written
+    finally:
+        _psql(lab, f"DROP TABLE IF EXISTS {RESTORE_TABLE}")

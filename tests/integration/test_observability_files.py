@@ -62,7 +62,7 @@ def _compose_command(tmp: Path) -> str:
     return str(target)
 
 
-def render(inventory: Path, out: Path, compose: str) -> subprocess.CompletedProcess:
+def render(inventory: Path, out: Path, compose: str, extravars: dict | None = None) -> subprocess.CompletedProcess:
     _tool("promtool", "prometheus")
     _tool("amtool", "prometheus-alertmanager")
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
@@ -75,6 +75,7 @@ def render(inventory: Path, out: Path, compose: str) -> subprocess.CompletedProc
         f"observability_render_dir={out}",
         "-e",
         f"observability_compose_command={compose}",
+        *(["-e", json.dumps(extravars)] if extravars else []),
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, check=False)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
@@ -382,3 +383,64 @@ def test_langfuse_compose_project(rendered, compose):
     for service in services.values():
         for port in service.get("ports", []):
             assert port["host_ip"] == "127.0.0.1", port
+
+
+def _backup_unit(out: Path) -> str:
+    return (out / "systemd" / "llmfleet-observability-backup.service").read_text()
+
+
+def test_backup_script_dumps_through_the_compose_postgres(rendered):
+    script = rendered["out"] / "compose" / "backup.sh"
+    assert subprocess.run(["sh", "-n", str(script)], capture_output=True, check=False).returncode == 0
+    text = script.read_text()
+    assert "exec -T postgres pg_dump -U langfuse" in text and 'mv "$dump.partial" "$dump"' in text
+    assert "BACKUP DATABASE default" in text and "no ClickHouse backup taken" in text
+    assert "Requires=docker.service" in _backup_unit(rendered["out"])
+
+
+def test_host_datastores_mode_points_langfuse_at_the_host(tmp_path, compose):
+    """observability_stack_langfuse_datastores: host (the lab's mode): no postgres / redis services, Langfuse
+    reaches the host's at host-gateway, the backup dumps the host's cluster; validated by docker compose config."""
+    out = tmp_path / "out"
+    render(
+        LAB_TEST / "hosts.yml",
+        out,
+        compose,
+        {
+            "observability_stack_langfuse_datastores": "host",
+            "observability_stack_postgres_port": 5436,
+            "observability_stack_redis_port": 6386,
+        },
+    )
+    project = out / "compose"
+    result = subprocess.run(
+        [*compose.split(), "--project-directory", str(project), "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    services = config["services"]
+    assert "postgres" not in services and "redis" not in services
+    assert {"postgres-data", "redis-data"}.isdisjoint(config.get("volumes", {}))
+    password = (project / "secrets" / "POSTGRES_PASSWORD").read_text()
+    for name in ("langfuse-web", "langfuse-worker"):
+        env = services[name]["environment"]
+        assert env["DATABASE_URL"] == f"postgresql://langfuse:{password}@host.docker.internal:5436/langfuse"
+        assert env["REDIS_HOST"] == "host.docker.internal" and env["REDIS_PORT"] == "6386"
+        assert env["REDIS_AUTH"] == (project / "secrets" / "REDIS_AUTH").read_text()
+        assert services[name]["extra_hosts"] in (
+            ["host.docker.internal=host-gateway"],
+            ["host.docker.internal:host-gateway"],
+            {"host.docker.internal": ["host-gateway"]},
+            {"host.docker.internal": "host-gateway"},
+        ), services[name]["extra_hosts"]
+        assert set(services[name]["depends_on"]) == {"clickhouse", "minio"}
+    script = project / "backup.sh"
+    assert subprocess.run(["sh", "-n", str(script)], capture_output=True, check=False).returncode == 0
+    text = script.read_text()
+    assert "runuser -u postgres -- pg_dump --host /var/run/postgresql --port 5436" in text
+    assert "exec -T postgres" not in text
+    unit = _backup_unit(out)
+    assert "Requires=docker.service" not in unit and "After=postgresql.service" in unit
