@@ -96,6 +96,7 @@ def resolve_instance(
     return {
         "name": inst["name"],
         "port": int(inst["port"]),
+        "host": str(inst.get("host", "0.0.0.0")),
         "served_names": served_names,
         "model": model_name,
         "model_source": source,

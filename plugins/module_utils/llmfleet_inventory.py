@@ -562,6 +562,47 @@ def validate_host(
         errors += check_vllm_instances(
             host, settings.get("vllm_service_runtime", DEFAULT_RUNTIME), instances, models, gpu
         )
+    if "inference_nodes" in host_groups:
+        errors += check_only_ingress(host, groups, settings, instances)
+    return errors
+
+
+EVERY_INTERFACE = ("0.0.0.0", "::", "")
+
+
+def check_only_ingress(host: str, groups: Any, settings: dict[str, Any], instances: Any) -> list[str]:
+    """Under only ingress (vllm_service_only_ingress, default fleet_only_ingress) the gateway is the way
+    in: there must be one, and nothing of this host may listen on every interface."""
+    only = settings.get("vllm_service_only_ingress", settings.get("fleet_only_ingress", False))
+    if not (only is True or str(only).lower() in ("true", "yes", "1")):
+        return []
+    var = "vllm_service_only_ingress" if "vllm_service_only_ingress" in settings else "fleet_only_ingress"
+    errors = []
+    if not (groups or {}).get("gateway"):
+        errors.append(
+            f"host {host}: {var} = {only!r} but the inventory has no host in group gateway: clients could "
+            "reach the instances by no way at all; add a gateway host or set it false"
+        )
+    for key in ("vllm_service_backend_address", "fleet_service_address"):
+        if key in settings and str(settings[key]).strip() in EVERY_INTERFACE:
+            errors.append(
+                f"host {host}: {key} = {settings[key]!r} under {var}: the backend address must be one address "
+                "of the host (on the network the gateway shares with the backends), not every interface"
+            )
+    if settings.get("vllm_service_runtime", DEFAULT_RUNTIME) == "docker":
+        publish = settings.get("vllm_service_publish_address")
+        if publish is not None and str(publish).strip() in EVERY_INTERFACE:
+            errors.append(
+                f"host {host}: vllm_service_publish_address = {publish!r} publishes on every interface under "
+                f"{var}; leave it out (the backend address) or give the backend address"
+            )
+    elif isinstance(instances, list):
+        for index, inst in enumerate(instances):
+            if isinstance(inst, dict) and "host" in inst and str(inst["host"]).strip() in EVERY_INTERFACE:
+                errors.append(
+                    f"host {host}: {_instance_label(index, inst)}.host = {inst['host']!r} listens on every "
+                    f"interface under {var}; leave it out (the backend address) or give the backend address"
+                )
     return errors
 
 

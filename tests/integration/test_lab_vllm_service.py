@@ -46,14 +46,22 @@ def docker_lab() -> lab.LabHost:
     return _lab_host("docker")
 
 
+def _testinfra_host(lab_host: lab.LabHost):
+    """The lab host for testinfra, with the address its instances listen on (under the lab's only
+    ingress, the systemd host's are on its backend address, not on loopback)."""
+    host = testinfra.get_host(f"docker://{lab_host.name}")
+    host.listen_address = lab_host.hostvars.get("fleet_service_address") or lab.container_address(lab_host.name)
+    return host
+
+
 @pytest.fixture(scope="module")
 def systemd_host(systemd_lab):
-    return testinfra.get_host(f"docker://{systemd_lab.name}")
+    return _testinfra_host(systemd_lab)
 
 
 @pytest.fixture(scope="module")
 def docker_host(docker_lab):
-    return testinfra.get_host(f"docker://{docker_lab.name}")
+    return _testinfra_host(docker_lab)
 
 
 def instances(lab_host: lab.LabHost) -> list[dict]:
@@ -73,8 +81,8 @@ def curl(host, port: int, path: str, key: str | None = None, body: dict | None =
     if body is not None:
         cmd += " -H 'Content-Type: application/json' -d %s"
         args.append(json.dumps(body))
-    cmd += " http://127.0.0.1:%s" + path
-    args.append(str(port))
+    cmd += " http://%s:%s" + path
+    args += [host.listen_address, str(port)]
     result = host.run(cmd, *args)
     if result.rc != 0:  # nothing answered (connection refused or reset while a server restarts)
         return 0, result.stderr

@@ -29,6 +29,16 @@ REFUSE_FACTS = "Refuse what the host's GPUs, architecture and free disk rule out
 BAD = [
     # (inventory, host, failing task, what the message must say: host, variable, value, what is allowed)
     (
+        "only-ingress-open",
+        "gpu-q",
+        REFUSE,
+        (
+            "host gpu-q: vllm_service_instances[0] ('small').host = '0.0.0.0' listens on every interface under "
+            "fleet_only_ingress",
+            "host gpu-q: fleet_only_ingress = True but the inventory has no host in group gateway",
+        ),
+    ),
+    (
         "dup-port",
         "gpu-a",
         REFUSE,
