@@ -19,7 +19,8 @@ description:
     compiler dies on it; here that shows as a restart or a failed service, with the log tail.
   - When the instance runs under systemd (O(systemd_unit)) or Docker (O(container)), each poll also
     reads the supervisor's restart count and state, so a server that cannot start fails the task after
-    O(max_restarts) restarts, and a unit that is failed (a crash loop ended by the start limit included, as systemd's journal says) or inactive,
+    O(max_restarts) restarts, and a unit that is failed
+    (a crash loop ended by the start limit included, as systemd's journal says) or inactive,
     or a container that exited, fails it at once, instead of waiting out O(timeout). The failure
     carries the last log lines.
   - Reads only; the probe is a completion like any client's and changes nothing on the server.
