@@ -121,7 +121,9 @@ def test_units_running_enabled_as_service_user(systemd_host, systemd_lab):
         assert svc.is_running and svc.is_enabled, inst["name"]
         pid = main_pid(systemd_host, inst["name"])
         assert systemd_host.check_output("ps -o user= -p %s", pid).strip() == "vllm"
-        assert systemd_host.socket(f"tcp://0.0.0.0:{inst['port']}").is_listening
+        # Under the lab's only ingress: on the host's backend address, not on every interface.
+        assert systemd_host.socket(f"tcp://{systemd_host.listen_address}:{inst['port']}").is_listening
+        assert not systemd_host.socket(f"tcp://0.0.0.0:{inst['port']}").is_listening
 
 
 def test_systemd_secrets_are_private_and_kept_out_of_units(systemd_host, systemd_lab):
