@@ -345,16 +345,21 @@ def test_dashboards_use_vllms_current_metric_names(rendered):
 
 
 # ------------------------------------------------------------------------------------------- Compose
-def test_langfuse_compose_project(rendered, compose):
-    project = rendered["out"] / "compose"
+def _compose_config(compose: str, project: Path, *options: str) -> dict:
+    """The project as `docker compose config` validates and resolves it."""
     result = subprocess.run(
-        [*compose.split(), "--project-directory", str(project), "--profile", "*", "config", "--format", "json"],
+        [*compose.split(), "--project-directory", str(project), *options, "config", "--format", "json"],
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    config = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def test_langfuse_compose_project(rendered, compose):
+    project = rendered["out"] / "compose"
+    config = _compose_config(compose, project, "--profile", "*")
     services = config["services"]
     assert set(services) == {
         "langfuse-web",
@@ -413,14 +418,7 @@ def test_host_datastores_mode_points_langfuse_at_the_host(tmp_path, compose):
         },
     )
     project = out / "compose"
-    result = subprocess.run(
-        [*compose.split(), "--project-directory", str(project), "config", "--format", "json"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    config = json.loads(result.stdout)
+    config = _compose_config(compose, project)
     services = config["services"]
     assert "postgres" not in services and "redis" not in services
     assert {"postgres-data", "redis-data"}.isdisjoint(config.get("volumes", {}))
