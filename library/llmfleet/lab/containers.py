@@ -24,6 +24,7 @@ from docker.errors import DockerException, ImageNotFound, NotFound
 
 from llmfleet.lab import docker_daemon, registry
 from llmfleet.lab import model as labmodel
+from llmfleet.lab import slurm as labslurm
 from llmfleet.paths import cache_dir, lab_inventory, lab_name, repo_root
 
 LAB_LABEL = "io.llmfleet.lab"
@@ -62,7 +63,12 @@ class LabHost:
     @property
     def image(self) -> str:
         kind = self.hostvars.get("lab_image", "systemd")
-        images = {"systemd": SYSTEMD_IMAGE, "base": BASE_IMAGE, "docker-host": DOCKER_HOST_IMAGE}
+        images = {
+            "systemd": SYSTEMD_IMAGE,
+            "base": BASE_IMAGE,
+            "docker-host": DOCKER_HOST_IMAGE,
+            "slurm": labslurm.SLURM_IMAGE,
+        }
         if kind not in images:
             raise LabError(f"host {self.name}: lab_image = {kind!r} is unknown; allowed: {', '.join(images)}")
         return images[kind]
@@ -260,12 +266,18 @@ def build_docker_host_image(client, log: Log) -> bool:
     return True
 
 
-def ensure_images(client, log: Log, docker_host: bool = True) -> None:
-    """The base and systemd images, and the Docker-host image when asked (each rebuilt only on a new recipe)."""
+def ensure_images(client, log: Log, docker_host: bool = True, slurm: bool = False) -> None:
+    """The base and systemd images, and the Docker-host and Slurm images when asked (each rebuilt
+    only on a new recipe)."""
     build_base_image(client, log)
     build_systemd_image(client, log)
     if docker_host:
         build_docker_host_image(client, log)
+    if slurm:
+        try:
+            labslurm.build_image(client, log, SYSTEMD_IMAGE, _image_recipe, _digest, RECIPE_LABEL)
+        except RuntimeError as exc:
+            raise LabError(str(exc)) from exc
 
 
 # ---------------------------------------------------------------------------------------------- wheelhouse
@@ -280,19 +292,24 @@ def wheelhouse_requirements(hosts: list[LabHost]) -> list[str]:
 
 
 def ensure_wheelhouse(requirements: list[str], log: Log, root: Path | None = None) -> Path:
-    """Download the wheels lab hosts need into one controller cache, once, for every host to mount."""
+    """Download the wheels lab hosts need into one controller cache, once, for every host to mount.
+
+    The stamp records every requirement downloaded so far (one line each), whichever lab asked:
+    a lab whose requirements are all there downloads nothing, and one with new requirements
+    downloads only those, so labs with different hosts share the cache without re-resolving."""
     wheelhouse = (root or cache_dir()) / "wheelhouse"
     wheelhouse.mkdir(parents=True, exist_ok=True)
     stamp = wheelhouse / ".llmfleet-requirements"
-    wanted = "\n".join(requirements) + "\n"
-    if not requirements or (stamp.exists() and stamp.read_text() == wanted):
+    have = set(stamp.read_text().split("\n")) - {""} if stamp.exists() else set()
+    missing = sorted(set(requirements) - have)
+    if not missing:
         return wheelhouse
-    log(f"wheelhouse: downloading {', '.join(requirements)} into {wheelhouse} (once; several minutes)")
-    cmd = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "-d", str(wheelhouse), *requirements]
+    log(f"wheelhouse: downloading {', '.join(missing)} into {wheelhouse} (once; several minutes)")
+    cmd = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "-d", str(wheelhouse), *missing]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise LabError(f"pip download for the wheelhouse failed: {result.stderr.strip()[-800:]}")
-    stamp.write_text(wanted)
+    stamp.write_text("\n".join(sorted(have | set(missing))) + "\n")
     return wheelhouse
 
 
@@ -302,6 +319,8 @@ def _container_spec(host: LabHost, image_id: str, caches: Path) -> dict:
         "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "ro"},
         str(caches / "wheelhouse"): {"bind": WHEELHOUSE_MOUNT, "mode": "ro"},
         str(caches / "models"): {"bind": MODELS_MOUNT, "mode": "ro"},
+        # The llama-cpp-python wheel scripts/bootstrap.sh built once (and its sdist, for the converter).
+        str(caches / "wheels"): {"bind": "/opt/llmfleet/wheels", "mode": "ro"},
     }
     spec = {
         "image": image_id,
@@ -323,6 +342,7 @@ def _container_spec(host: LabHost, image_id: str, caches: Path) -> dict:
         for sub in ("models", "docker-hosts"):
             (caches / sub).mkdir(parents=True, exist_ok=True)
             volumes[str(caches / sub)] = {"bind": str(caches / sub), "mode": "ro" if sub == "models" else "rw"}
+    volumes.update(labslurm.container_volumes(host, lab_name()))
     if host.host_network:
         spec.pop("network", None)
         spec["network_mode"] = "host"
@@ -387,7 +407,9 @@ def up(log: Log = print, with_model: bool = True) -> list[LabHost]:
     hosts = read_inventory()
     if not hosts:
         raise LabError(f"{lab_inventory_path()} has no container hosts (ansible_connection community.docker.docker)")
-    ensure_images(client, log, docker_host=any(h.docker_access for h in hosts))
+    ensure_images(
+        client, log, docker_host=any(h.docker_access for h in hosts), slurm=any(labslurm.is_slurm(h) for h in hosts)
+    )
     caches = cache_dir()
     ensure_wheelhouse(wheelhouse_requirements(hosts), log)
     (caches / "models").mkdir(parents=True, exist_ok=True)
@@ -397,10 +419,16 @@ def up(log: Log = print, with_model: bool = True) -> list[LabHost]:
     if any("vllm_builders" in h.groups for h in hosts):
         registry.ensure(log)
     _network(client)
+    if any(labslurm.is_slurm(h) for h in hosts):
+        labslurm.ensure_volume(client, lab_name(), LAB_LABEL)
     for host in hosts:
         action = ensure_container(client, host, caches, log)
         state = wait_for_systemd(client, host.name)
         log(f"lab: {host.name} {action} (systemd {state}; groups: {', '.join(host.groups) or '-'})")
+    try:
+        labslurm.configure(client, hosts, lab_name(), log)
+    except (RuntimeError, ValueError) as exc:
+        raise LabError(str(exc)) from exc
     return hosts
 
 
@@ -434,8 +462,9 @@ def down(log: Log = print, images: bool = False) -> int:
     for network in client.networks.list(filters={"label": mine}):
         network.remove()
         log(f"lab: removed network {network.name}")
+    labslurm.remove_volumes(client, lab_name(), LAB_LABEL, log)
     if images:
-        for tag in (DOCKER_HOST_IMAGE, SYSTEMD_IMAGE, BASE_IMAGE):
+        for tag in (labslurm.SLURM_IMAGE, DOCKER_HOST_IMAGE, SYSTEMD_IMAGE, BASE_IMAGE):
             try:
                 client.images.remove(tag)
                 log(f"lab: removed image {tag}")
