@@ -105,6 +105,42 @@ def gateway_vllm_backends(hosts: list[str], hostvars: Any, models: dict) -> list
     return backends
 
 
+def gateway_k8s_backends(clusters: list[str], hostvars: Any, models: dict) -> list[dict]:
+    """Every vllm_kubernetes instance of the ``clusters`` the role applies to, as a backend: its
+    ClusterIP Service (``http://vllm-<instance>.<namespace>.svc.<domain>:<port>/v1``), its key from
+    the controller's key directory. A cluster only rendered (vllm_kubernetes_apply false) serves
+    nothing and gives no backend."""
+    backends = []
+    for cluster in clusters:
+        hv = hostvars[cluster]
+        if not hv.get("vllm_kubernetes_apply", True):
+            continue
+        namespace = hv.get("vllm_kubernetes_namespace") or "llm"
+        domain = hv.get("vllm_kubernetes_cluster_domain") or "cluster.local"
+        key_dir = hv.get("vllm_kubernetes_key_dir") or ""
+        for index, inst in enumerate(hv.get("vllm_kubernetes_instances") or []):
+            where = f"host {cluster}: vllm_kubernetes_instances[{index}] ({inst.get('name')})"
+            entry = _catalog_entry(models, inst.get("model"), where)
+            served = inst.get("served_model_name") or entry.get("served_name") or inst["model"]
+            served = served if isinstance(served, str) else next(iter(served))
+            service = "vllm-" + str(inst["name"]).replace("_", "-").lower()
+            backends.append(
+                {
+                    "id": f"{cluster}/{inst['name']}",
+                    "kind": "vllm",
+                    "host": cluster,
+                    "instance": inst["name"],
+                    "model": inst["model"],
+                    "backend_model": str(served),
+                    "api_base": f"http://{service}.{namespace}.svc.{domain}:{int(inst['port'])}/v1",
+                    "key_file": f"{key_dir}/{inst['name']}.apikey" if key_dir else "",
+                    "api_key": inst.get("api_key") or "",
+                    **_catalog_fields(inst["model"], entry),
+                }
+            )
+    return backends
+
+
 def gateway_external_backends(external: list[dict], models: dict) -> list[dict]:
     """``model_gateway_external_backends`` (and registry rows added from the CLI) as backends."""
     backends = []
@@ -277,6 +313,7 @@ class FilterModule:
         return {
             "gateway_vllm_backends": gateway_vllm_backends,
             "gateway_external_backends": gateway_external_backends,
+            "gateway_k8s_backends": gateway_k8s_backends,
             "gateway_with_keys": gateway_with_keys,
             "gateway_config": gateway_config,
             "gateway_env": gateway_env,

@@ -21,6 +21,7 @@ VALUE_FLAGS = {
     "kv_cache_memory_bytes": "--kv-cache-memory-bytes",
     "tensor_parallel_size": "--tensor-parallel-size",
     "pipeline_parallel_size": "--pipeline-parallel-size",
+    "distributed_executor_backend": "--distributed-executor-backend",
 }
 
 

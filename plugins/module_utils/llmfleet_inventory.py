@@ -20,6 +20,10 @@ from ansible.module_utils.common.validation import (
     check_type_path,
     check_type_str,
 )
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory_k8s import check_kubernetes
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory_pipeline import check_model_pipeline
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory_ray import check_ray
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory_slurm import check_slurm_job
 
 RUNTIMES = ("docker", "systemd")
 # vllm_service_runtime when the host does not set it: the role's default (roles/vllm_service/defaults).
@@ -382,7 +386,14 @@ def needs_gpu_count(instances: Any) -> bool:
     host's real GPU count (gpu_facts) decides."""
     if not isinstance(instances, list):
         return False
-    return any(isinstance(inst, dict) and not inst.get("gpu_ids") and (_parallel(inst) or 1) > 1 for inst in instances)
+    return any(
+        isinstance(inst, dict) and not inst.get("gpu_ids") and not _on_ray(inst) and (_parallel(inst) or 1) > 1
+        for inst in instances
+    )
+
+
+def _on_ray(inst: dict[str, Any]) -> bool:
+    return inst.get("distributed_executor_backend") == "ray"
 
 
 def check_vllm_instances(
@@ -454,7 +465,8 @@ def check_vllm_instances(
                 f"{label}: tensor_parallel_size x pipeline_parallel_size = {parallel} is more than the "
                 f"{len(gpu_ids)} GPU(s) in gpu_ids {gpu_ids}"
             )
-        if not gpu_ids and parallel and parallel > 1 and gpu is not None:
+        # On Ray (distributed_executor_backend ray) the cluster's GPUs count: llmfleet_inventory_ray.
+        if not gpu_ids and parallel and parallel > 1 and gpu is not None and not _on_ray(inst):
             count = gpu.get("count") or 0
             if parallel > count:
                 reason = f" ({gpu['reason']})" if gpu.get("reason") else ""
@@ -548,6 +560,10 @@ def validate_host(
     errors += check_role_specs(host, specs or {}, settings)
     errors += check_build_platform(host, settings)
     errors += check_host_ports(host, settings)
+    errors += check_kubernetes(host, host_groups, groups, settings, models)
+    errors += check_ray(host, host_groups, groups, settings, models)
+    errors += check_slurm_job(host, host_groups, groups, settings, models)
+    errors += check_model_pipeline(host, host_groups, groups, settings, models)
     # A role's own validate step passes only its own spec and settings (vllm_build on a builder that
     # is also an inference node): the instance checks belong to vllm_service's, and site.yml's.
     if specs and "vllm_service" not in specs:

@@ -46,6 +46,53 @@ BAD = [
     ),
     ("ray-no-head", "ray-w1", REFUSE, "host ray-w1 is in group ray_workers but group ray_head has no host"),
     (
+        "slurm-bad",
+        "hpc-login",
+        REFUSE,
+        (
+            "host hpc-login: slurm_job_gpus = 1 asks for GPUs, but the cluster has no GRES",
+            "host hpc-login: slurm_job_time = '2 hours' is not a Slurm time limit; allowed: minutes, MM:SS, HH:MM:SS",
+            "host hpc-login: slurm_job_nodes = 4 is more than partition 'cpu' has; allowed: at most 2",
+        ),
+    ),
+    (
+        "slurm-partition",
+        "hpc-login2",
+        REFUSE,
+        "host hpc-login2: slurm_job_partition = 'gpu-a100' is not a partition of the cluster; allowed: cpu, debug",
+    ),
+    (
+        "ray-bad",
+        "ray-h1",
+        REFUSE,
+        (
+            "host ray-h1: ray_cluster_dashboard_port = 8265 is already used by vllm_service_instances[0] ('small')"
+            ".port on this host",
+            "host ray-h1: ray_cluster_metrics_export_port = 6379 is already used by ray_cluster_head_port",
+            "host ray-h1: ray_cluster_object_store_memory = 8589934592 is not less than the host's memory "
+            "(ray_cluster_host_memory_mb = 4096",
+            "host ray-h1: vllm_service_instances[1] ('big'): tensor_parallel_size x pipeline_parallel_size = 4 "
+            "needs 4 GPUs, but the Ray cluster has ray_cluster_gpus_total = 2; allowed: at most 2",
+        ),
+    ),
+    (
+        "k8s-bad",
+        "k8s-a",
+        REFUSE,
+        (
+            "host k8s-a: vllm_kubernetes_namespace = 'LLM_Prod' is not a name Kubernetes accepts; allowed: an RFC "
+            "1123 label",
+            "host k8s-a: vllm_kubernetes_instances[0] (big) asks for 2 GPU(s) per pod (gpus, or tensor x pipeline "
+            "parallel size), but its node_selector {'gpu-type': 'l4'} picks node pool 'l4', whose nodes have 1; "
+            "allowed: at most 1",
+            "host k8s-a: vllm_kubernetes_instances[0] (big).resources.limits.memory = '32Gi' is below its request "
+            "'64Gi'",
+            "host k8s-a: vllm_kubernetes_instances[0] (big).probes.startup allows 120 s (initial_delay_s 0 + "
+            "period_s 10 x failure_threshold 12), shorter than the 300 s model 'big' was measured to take to "
+            "start (fleet_models start_time_s)",
+        ),
+    ),
+    (
         "bad-runtime",
         "gpu-b",
         REFUSE,
@@ -149,6 +196,19 @@ BAD = [
             "'/var/cache/llmfleet-validate-test/models/huge' (or its nearest existing parent) has ",
             "fleet_models['huge'] (size_gb 1e+06, 0.0 GB there) need 1000000.0 GB more plus "
             "model_cache_free_space_reserve_mb = 1024; allowed: at most ",
+        ),
+    ),
+    (
+        "../pipeline/inventories/pipeline-bad",
+        "ws-1",
+        REFUSE,
+        (
+            "host ws-1: model_pipeline_quantizations[3] = 'Q3_K_XL' is not a quantization type llama.cpp knows; "
+            "allowed: ",
+            "host ws-1: model_pipeline_models[0] ('tuned').adapter.trained_on = 'other' differs from its base_model "
+            "'small'; allowed: 'small'",
+            "host ws-1: model_pipeline_models[0] ('tuned') format Q8_0 (port 5000 + 2) = 5002 is already used by "
+            "vllm_service_instances[0] ('small') on this host",
         ),
     ),
     (
