@@ -14,7 +14,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from llmfleet import lab
+from llmfleet.lab import containers as lab
 from llmfleet.paths import lab_name
 
 pytestmark = pytest.mark.lab
