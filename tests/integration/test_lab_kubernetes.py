@@ -64,7 +64,10 @@ def _docker_args(instance: str) -> list[str]:
     out = subprocess.run(
         ["docker", "inspect", "-f", "{{json .Args}}", f"vllm-{instance}"], capture_output=True, text=True, check=True
     ).stdout
-    return yaml.safe_load(out)
+    args = yaml.safe_load(out)
+    # The image's entrypoint is the interpreter: its arguments start with the module.
+    module = "vllm.entrypoints.openai.api_server"
+    return args[args.index(module) + 1:] if module in args else args
 
 
 def test_pods_run_the_arguments_the_lab_instances_run(deployments):
