@@ -22,7 +22,7 @@ from ansible.module_utils.common.validation import (
 )
 from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory_k8s import check_kubernetes
 from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory_pipeline import check_model_pipeline
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory_ray import check_ray
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory_ray import check_ray, ray_ports
 from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory_slurm import check_slurm_job
 
 RUNTIMES = ("docker", "systemd")
@@ -496,9 +496,9 @@ HOST_PORT_VARIABLES = (
 )
 
 
-def check_host_ports(host: str, settings: dict[str, Any]) -> list[str]:
-    """The ports of one host's services are distinct: vLLM instances, the gateway, Prometheus and
-    Alertmanager (a port given as "8000" is 8000)."""
+def check_host_ports(host: str, settings: dict[str, Any], more: list[tuple[str, Any]] = ()) -> list[str]:
+    """The ports of one host's services are distinct: vLLM instances, the gateway, Prometheus,
+    Alertmanager and ``more`` ((variable, value): Ray's) (a port given as "8000" is 8000)."""
     taken: dict[int, str] = {}
     instances = settings.get("vllm_service_instances")
     for index, inst in enumerate(instances if isinstance(instances, list) else []):
@@ -506,8 +506,7 @@ def check_host_ports(host: str, settings: dict[str, Any]) -> list[str]:
         if port is not None:
             taken.setdefault(port, f"{_instance_label(index, inst)}.port")
     errors = []
-    for variable in HOST_PORT_VARIABLES:
-        given = settings.get(variable)
+    for variable, given in [(v, settings.get(v)) for v in HOST_PORT_VARIABLES] + list(more):
         port = _as_int(given)
         if port is None:
             continue
@@ -559,7 +558,7 @@ def validate_host(
     errors = check_groups(host, host_groups, groups)
     errors += check_role_specs(host, specs or {}, settings)
     errors += check_build_platform(host, settings)
-    errors += check_host_ports(host, settings)
+    errors += check_host_ports(host, settings, ray_ports(host_groups, settings))
     errors += check_kubernetes(host, host_groups, groups, settings, models)
     errors += check_ray(host, host_groups, groups, settings, models)
     errors += check_slurm_job(host, host_groups, groups, settings, models)

@@ -38,30 +38,13 @@ def _setting(settings: dict[str, Any], key: str) -> Any:
     return settings.get(key, RAY_DEFAULTS.get(key))
 
 
-def check_ray_ports(host: str, host_groups: list[str], settings: dict[str, Any]) -> list[str]:
-    """The Ray ports a node listens on (the head's GCS, dashboard, client; every node's metrics) differ
-    from each other and from the ports of the host's vLLM instances."""
+def ray_ports(host_groups: list[str], settings: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The Ray ports a node listens on (the head's GCS, dashboard, client; every node's metrics), as
+    (variable, value): llmfleet_inventory.check_host_ports checks them with the host's other ports."""
+    if "ray_head" not in host_groups and "ray_workers" not in host_groups:
+        return []
     variables = (HEAD_PORTS if "ray_head" in host_groups else ()) + NODE_PORTS
-    taken: dict[int, str] = {}
-    instances = settings.get("vllm_service_instances")
-    for index, inst in enumerate(instances if isinstance(instances, list) else []):
-        port = _int(inst.get("port")) if isinstance(inst, dict) else None
-        if port is not None:
-            taken.setdefault(port, f"vllm_service_instances[{index}] ({inst.get('name')!r}).port")
-    errors = []
-    for variable in variables:
-        given = _setting(settings, variable)
-        port = _int(given)
-        if port is None:
-            continue
-        if port in taken:
-            errors.append(
-                f"host {host}: {variable} = {given!r} is already used by {taken[port]} on this host; "
-                "allowed: a port no other service of the host uses"
-            )
-        else:
-            taken[port] = variable
-    return errors
+    return [(variable, _setting(settings, variable)) for variable in variables]
 
 
 def check_object_store(host: str, settings: dict[str, Any]) -> list[str]:
@@ -118,7 +101,6 @@ def check_ray(
     """Every ray_cluster check of one host (hooked into llmfleet_inventory.validate_host)."""
     errors: list[str] = []
     if "ray_head" in host_groups or "ray_workers" in host_groups:
-        errors += check_ray_ports(host, host_groups, settings)
         errors += check_object_store(host, settings)
     errors += check_vllm_on_ray(host, host_groups, groups, settings)
     return errors

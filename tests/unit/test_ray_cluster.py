@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory import validate_host
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory import check_host_ports, validate_host
 from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory_ray import (
     RAY_DEFAULTS,
     check_ray,
+    ray_ports,
 )
 from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_ray import (
     compare_nodes,
@@ -112,7 +113,9 @@ def test_state_api_payload_and_summary():
     ],
 )
 def test_refusals(groups, settings, expected):
-    errors = check_ray("h", groups, {"ray_head": ["x"]}, settings, {})
+    # Ray's ports are checked with the host's other ports (check_host_ports, as validate_host does).
+    errors = check_host_ports("h", settings, ray_ports(groups, settings))
+    errors += check_ray("h", groups, {"ray_head": ["x"]}, settings, {})
     assert len(errors) == len(expected), errors
     for error, start in zip(errors, expected, strict=True):
         assert error.startswith(start), error
