@@ -71,6 +71,24 @@ def gateway_registry_backends(rows: list[dict], models: dict) -> list[dict]:
     return backends
 
 
+def _instance_backend(host: str, inst: dict, entry: dict, api_base: str, key_file: str) -> dict:
+    """One vLLM instance (vllm_service or vllm_kubernetes keys) as a backend."""
+    served = inst.get("served_model_name") or entry.get("served_name") or inst["model"]
+    served = served if isinstance(served, str) else next(iter(served))
+    return {
+        "id": f"{host}/{inst['name']}",
+        "kind": "vllm",
+        "host": host,
+        "instance": inst["name"],
+        "model": inst["model"],
+        "backend_model": str(served),
+        "api_base": api_base,
+        "key_file": key_file,
+        "api_key": inst.get("api_key") or "",
+        **_catalog_fields(inst["model"], entry),
+    }
+
+
 def gateway_vllm_backends(hosts: list[str], hostvars: Any, models: dict) -> list[dict]:
     """Every vllm_service instance of ``hosts``, as a backend: host, instance, address, port, model.
 
@@ -86,21 +104,10 @@ def gateway_vllm_backends(hosts: list[str], hostvars: Any, models: dict) -> list
         for index, inst in enumerate(hv.get("vllm_service_instances") or []):
             where = f"host {host}: vllm_service_instances[{index}] ({inst.get('name')})"
             entry = _catalog_entry(models, inst.get("model"), where)
-            served = inst.get("served_model_name") or entry.get("served_name") or inst["model"]
-            served = served if isinstance(served, str) else next(iter(served))
             backends.append(
-                {
-                    "id": f"{host}/{inst['name']}",
-                    "kind": "vllm",
-                    "host": host,
-                    "instance": inst["name"],
-                    "model": inst["model"],
-                    "backend_model": str(served),
-                    "api_base": f"http://{address}:{int(inst['port'])}/v1",
-                    "key_file": f"{config_dir}/{inst['name']}.apikey",
-                    "api_key": inst.get("api_key") or "",
-                    **_catalog_fields(inst["model"], entry),
-                }
+                _instance_backend(
+                    host, inst, entry, f"http://{address}:{int(inst['port'])}/v1", f"{config_dir}/{inst['name']}.apikey"
+                )
             )
     return backends
 
@@ -121,22 +128,15 @@ def gateway_k8s_backends(clusters: list[str], hostvars: Any, models: dict) -> li
         for index, inst in enumerate(hv.get("vllm_kubernetes_instances") or []):
             where = f"host {cluster}: vllm_kubernetes_instances[{index}] ({inst.get('name')})"
             entry = _catalog_entry(models, inst.get("model"), where)
-            served = inst.get("served_model_name") or entry.get("served_name") or inst["model"]
-            served = served if isinstance(served, str) else next(iter(served))
             service = "vllm-" + str(inst["name"]).replace("_", "-").lower()
             backends.append(
-                {
-                    "id": f"{cluster}/{inst['name']}",
-                    "kind": "vllm",
-                    "host": cluster,
-                    "instance": inst["name"],
-                    "model": inst["model"],
-                    "backend_model": str(served),
-                    "api_base": f"http://{service}.{namespace}.svc.{domain}:{int(inst['port'])}/v1",
-                    "key_file": f"{key_dir}/{inst['name']}.apikey" if key_dir else "",
-                    "api_key": inst.get("api_key") or "",
-                    **_catalog_fields(inst["model"], entry),
-                }
+                _instance_backend(
+                    cluster,
+                    inst,
+                    entry,
+                    f"http://{service}.{namespace}.svc.{domain}:{int(inst['port'])}/v1",
+                    f"{key_dir}/{inst['name']}.apikey" if key_dir else "",
+                )
             )
     return backends
 
