@@ -1,11 +1,13 @@
 """The lab's Prometheus scrapes the lab's real vLLM instances; dashboards, rules and alert delivery.
 
 After some traffic to the lab's vLLM, every PromQL expression of every panel of the provisioned
-vLLM and node dashboards, every recording rule, and every series an alert reads, return data
-through Prometheus' HTTP API: this proves the dashboards without a Grafana. The GPU (DCGM) and Ray
-dashboards and rules have no exporter in the lab (no ``gpu_nodes``, no Ray hosts; the test checks
-that), so they are checked here only for being evaluated without error; their PromQL is parsed by
-promtool in tests/integration/test_observability_files.py.
+vLLM, node and Ray dashboards, every recording rule, and every series an alert reads, return data
+through Prometheus' HTTP API: this proves the dashboards without a Grafana. The Ray panels need a
+job to have run (``ray_tasks`` and ``ray_actors`` exist only after the first task and actor), so the
+traffic includes one Ray job with tasks and an actor, submitted to the head's job API. The GPU (DCGM)
+dashboard and rules have no exporter in the lab (no ``gpu_nodes``; the test checks that), and the Ray
+nodes have no GPU, so those are checked here only for being evaluated without error; their PromQL is
+parsed by promtool in tests/integration/test_observability_files.py.
 
 The disruptive test stops the second vLLM instance of the lab's systemd inference host: the
 instance-down alert fires, Alertmanager delivers it to a webhook receiver this test runs on the
@@ -24,6 +26,7 @@ import json
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -36,6 +39,7 @@ from pathlib import Path
 import pytest
 import yaml
 from llmfleet import runner
+from llmfleet.lab import containers as lab_containers
 from test_observability_files import VARIABLES, dashboard_exprs, substitute
 
 pytestmark = pytest.mark.lab
@@ -47,6 +51,23 @@ INVENTORY = REPO / "inventories" / LAB / "hosts.yml"
 NO_EXPORTER_IN_LAB = {"gpu.json": "gpu_nodes", "llmfleet-gpu": "gpu_nodes"}
 # Panels of a dashboard the lab runs whose metric needs a GPU (the lab's Ray nodes have none).
 NO_GPU_IN_LAB = {("ray.json", "Node GPU utilization")}
+# One Ray job with tasks and an actor: the Ray dashboard's task and actor panels have series only after one.
+RAY_JOB = """
+import ray
+ray.init()
+@ray.remote(num_cpus=0.1)
+def square(x):
+    return x * x
+@ray.remote(num_cpus=0.1)
+class Counter:
+    def __init__(self):
+        self.n = 0
+    def add(self, k):
+        self.n += k
+        return self.n
+counter = Counter.remote()
+print("TOTAL", ray.get(counter.add.remote(sum(ray.get([square.remote(i) for i in range(8)])))))
+"""
 PROMQL_WORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
 
 
@@ -110,12 +131,46 @@ def traffic(lab, vllm_url, vllm_model, vllm_api_key) -> None:
         t.start()
     for t in threads:
         t.join()
+    _ray_job(lab)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if query(lab["prometheus"], "llmfleet:vllm_generation_tokens:rate > 0"):
             return
         time.sleep(2)
     pytest.fail("Prometheus recorded no generation tokens 90 s after the traffic")
+
+
+def _post(url: str, body: dict, timeout: float = 10.0) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def _ray_job(lab: dict) -> None:
+    """Run RAY_JOB through the head's job API and wait until Prometheus has the task and actor series."""
+    heads = lab["inventory"].get("ray_head", {}).get("hosts", [])
+    if not heads:
+        return
+    port = lab["hostvars"][heads[0]].get("ray_cluster_dashboard_port", 8265)
+    dashboard = f"http://{lab_containers.container_address(heads[0])}:{port}"
+    job_id = f"test-observability-{int(time.time())}"
+    _post(f"{dashboard}/api/jobs/", {"entrypoint": "python -c " + shlex.quote(RAY_JOB), "submission_id": job_id})
+    deadline = time.monotonic() + 120
+    status = "PENDING"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    while time.monotonic() < deadline and status in ("PENDING", "RUNNING"):
+        time.sleep(2)
+        with opener.open(f"{dashboard}/api/jobs/{job_id}", timeout=10) as response:
+            status = json.loads(response.read())["status"]
+    assert status == "SUCCEEDED", f"Ray job {job_id} on {heads[0]}: {status}"
+    while time.monotonic() < deadline:
+        if query(lab["prometheus"], "ray_tasks") and query(lab["prometheus"], "ray_actors"):
+            return
+        time.sleep(3)
+    pytest.fail(f"Prometheus has no ray_tasks / ray_actors series 120 s after Ray job {job_id} was submitted")
 
 
 def _has_data(result: list) -> bool:
