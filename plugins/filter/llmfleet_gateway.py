@@ -3,8 +3,10 @@
 Nothing is typed twice: every backend of a model comes from where it is already described —
 ``vllm_service_instances`` of every inference host, ``model_gateway_external_backends`` (llama.cpp
 servers, Slurm jobs, endpoints outside the inventory), rows added with ``llmfleet models add`` — and
-its costs from ``fleet_models``. Backend API keys never enter the rendered config: each backend names
-an environment variable (``os.environ/...``) that the gateway's 0600 environment file holds.
+its costs from ``fleet_models``. Backend API keys never enter the rendered config: a keyed backend's
+``api_key`` is a placeholder, and the proxy's callback (roles/model_gateway/files/llmfleet_backend_keys.py)
+puts the key from the gateway's 0600 ``backend_keys.json`` into each request, re-reading that file when
+it changes, so a backend key is rotated without restarting the proxy.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from ansible.errors import AnsibleFilterError
 PROVIDERS = {"vllm": "hosted_vllm", "openai": "openai", "llamacpp": "openai"}
 
 
-def _env_name(*parts: str) -> str:
-    return "LLMFLEET_BACKEND_KEY_" + re.sub(r"[^A-Z0-9]+", "_", "_".join(parts).upper()).strip("_")
+# What config.yaml says for a keyed backend's api_key: the callback swaps in the key (not a secret).
+BACKEND_KEY_PLACEHOLDER = "llmfleet-backend-keys-file"
+# The callback that does so (a module the role installs beside config.yaml, and its instance).
+BACKEND_KEYS_CALLBACK = "llmfleet_backend_keys.backend_keys"
 
 
 def _catalog_entry(models: dict, name: str, where: str) -> dict:
@@ -201,7 +205,7 @@ def gateway_config(backends: list[dict], models: dict, settings: dict) -> dict:
         params = {
             "model": f"{PROVIDERS[b['kind']]}/{b['backend_model']}",
             "api_base": b["api_base"],
-            "api_key": f"os.environ/{_env_name(b['id'])}" if b.get("api_key") else "none",
+            "api_key": BACKEND_KEY_PLACEHOLDER if b.get("api_key") else "none",
             "timeout": settings.get("timeout"),
             "stream_timeout": settings.get("stream_timeout"),
             **_limits(b["model"], settings.get("model_limits") or {}),
@@ -243,6 +247,7 @@ def gateway_config(backends: list[dict], models: dict, settings: dict) -> dict:
             "num_retries": settings.get("num_retries", 2),
             "request_timeout": settings.get("timeout"),
             "drop_params": True,
+            "callbacks": [BACKEND_KEYS_CALLBACK],
         },
         "general_settings": {
             "master_key": "os.environ/LITELLM_MASTER_KEY",
@@ -253,9 +258,9 @@ def gateway_config(backends: list[dict], models: dict, settings: dict) -> dict:
     }
 
 
-def gateway_env(backends: list[dict]) -> dict:
-    """The environment file's backend keys: variable name -> key (only backends that have one)."""
-    return {_env_name(b["id"]): b["api_key"] for b in backends if b.get("api_key")}
+def gateway_backend_keys(backends: list[dict]) -> dict:
+    """backend_keys.json: deployment id -> {api_base, key}, for the backends that have a key."""
+    return {b["id"]: {"api_base": b["api_base"], "key": b["api_key"]} for b in backends if b.get("api_key")}
 
 
 def gateway_registry_rows(backends: list[dict]) -> list[dict]:
@@ -316,7 +321,7 @@ class FilterModule:
             "gateway_k8s_backends": gateway_k8s_backends,
             "gateway_with_keys": gateway_with_keys,
             "gateway_config": gateway_config,
-            "gateway_env": gateway_env,
+            "gateway_backend_keys": gateway_backend_keys,
             "gateway_registry_rows": gateway_registry_rows,
             "gateway_registry_backends": gateway_registry_backends,
             "gateway_clients": gateway_clients,

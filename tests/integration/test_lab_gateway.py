@@ -3,7 +3,8 @@ vLLM instances (both runtimes), the model_mappings registry in PostgreSQL, the a
 
 Everything here talks to what the lab converge already runs: the gateway (its port is the
 inventory's model_gateway_port, on this machine's host network) and the vLLM instances behind it.
-The kill -9 test is marked ``disruptive`` (make test runs it after the read-only tests).
+The key rotations and the kill -9 test are marked ``disruptive`` (make test runs them after the
+read-only tests).
 """
 
 from __future__ import annotations
@@ -131,11 +132,17 @@ def test_every_lab_backend_is_in_the_generated_config(gateway, backends):
     for b in backends:
         params = deployed[b["id"]]["litellm_params"]
         assert params["api_base"] == b["url"]
-        # Keys are referenced, never written into config.yaml.
-        assert params["api_key"].startswith("os.environ/") and b["key"] not in json.dumps(config)
+        # Keys are never written into config.yaml (nor into the environment): the proxy's callback
+        # reads them from backend_keys.json, which it re-reads when it changes.
+        assert params["api_key"] == "llmfleet-backend-keys-file" and b["key"] not in json.dumps(config)
     env = gateway["host"].file(f"{CONFIG_DIR}/gateway.env")
     assert env.mode == 0o600 and env.user == "root"
-    assert all(b["key"] in env.content_string for b in backends)
+    assert not any(b["key"] in env.content_string for b in backends)
+    keys = gateway["host"].file(f"{CONFIG_DIR}/backend_keys.json")
+    assert keys.mode == 0o600 and keys.user == gateway["lab"].hostvars.get("model_gateway_user", "llmfleet-gateway")
+    assert {b["id"]: b["key"] for b in backends} == {
+        i: e["key"] for i, e in json.loads(keys.content_string).items() if i in {b["id"] for b in backends}
+    }
 
 
 def test_same_greedy_answer_through_the_gateway_as_from_a_backend(gateway, backends):
@@ -353,6 +360,53 @@ def test_kill_9_of_a_backend_under_load_loses_no_request_and_traffic_returns(gat
         assert status == 200, body
         used[{k.lower(): v for k, v in headers.items()}.get("x-litellm-model-id")] += 1
     assert used[victim["id"]] > 0, f"no request went back to {victim['id']}: {dict(used)}"
+
+
+def _gateway_pid(gateway) -> str:
+    return gateway["host"].check_output("systemctl show -p MainPID --value llmfleet-gateway.service").strip()
+
+
+@pytest.mark.disruptive
+def test_backend_key_rotation_under_load_loses_no_request_and_traffic_returns(gateway, backends):
+    """playbooks/runbooks/backend_key.yml on the Docker host's instance under steady load: the
+    instance restarts on a new key, the gateway's backend_keys.json follows (the proxy re-reads it,
+    no restart), not one request fails, the old key is refused by the backend and the rotated
+    backend gets traffic through the gateway again."""
+    victim = next(b for b in backends if b["runtime"] == "docker")
+    peers = [b for b in backends if b["served"] == victim["served"] and b["id"] != victim["id"]]
+    assert peers, f"the lab needs a second backend of {victim['served']} for a loss-free rotation"
+    ti = testinfra.get_host(f"docker://{victim['host']}")
+    pid_before = _gateway_pid(gateway)
+    with Load(gateway["url"], gateway["client"], concurrency=4) as load:
+        time.sleep(2)
+        rc, summary, path = runner.run(
+            runner.RunRequest(
+                playbook="playbooks/runbooks/backend_key.yml",
+                inventory=str(lab.lab_inventory_path()),
+                quiet=True,
+                extravars={"backend_key_host": victim["host"], "backend_key_instance": victim["instance"]},
+            )
+        )
+        time.sleep(2)
+    assert rc == 0, f"the backend key runbook failed: {summary.get('failed_tasks')} ({path})"
+    old_key, new_key = victim["key"], ti.file(f"/etc/vllm/{victim['instance']}.apikey").content_string.strip()
+    victim["key"] = new_key  # for the tests after this one
+    assert new_key and new_key != old_key
+    assert load.failed == [], f"{len(load.failed)} failed of {load.ok + len(load.failed)}: {load.failed[:3]}"
+    assert load.ok > 0
+    assert chat(victim["url"], old_key, max_tokens=1)[0] == 401, "the backend must refuse its old key"
+    assert chat(victim["url"], new_key, max_tokens=1)[0] == 200
+    keys = json.loads(gateway["host"].file(f"{CONFIG_DIR}/backend_keys.json").content_string)
+    assert keys[victim["id"]]["key"] == new_key
+    assert _gateway_pid(gateway) == pid_before, "a backend key rotation must not restart the proxy"
+    # Out of its cooldown, the rotated backend answers through the gateway with the new key.
+    time.sleep(int(gateway["lab"].hostvars.get("model_gateway_cooldown_time", 5)) + 1)
+    used: Counter = Counter()
+    for _ in range(24):
+        status, headers, body = chat(gateway["url"], gateway["client"], max_tokens=1)
+        assert status == 200, body
+        used[{k.lower(): v for k, v in headers.items()}.get("x-litellm-model-id")] += 1
+    assert used[victim["id"]] > 0, f"no request went to {victim['id']} after its rotation: {dict(used)}"
 
 
 # A client of the lab that is not on the backends' network: a throwaway container on a network of

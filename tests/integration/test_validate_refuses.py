@@ -15,6 +15,7 @@ later plays of site.yml would really install things here.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -290,3 +291,46 @@ def test_good_inventory_passes_the_validate_play(tmp_path, inventory, extravars)
     # (the lab's model_sources host runs only playbooks/model_sources.yml, which has no spec).
     assert all(h["ok"] >= 1 for h in summary["hosts"].values()), summary["hosts"]
     assert summary["totals"]["ok"] >= 2 * len([h for h in summary["hosts"] if "models" not in h]), summary["hosts"]
+
+
+BACKEND_KEY_PLAY = "Check which instance's key rotates, and that another backend serves its model"
+
+
+@pytest.mark.parametrize(
+    ("extravars", "task", "expected"),
+    [
+        (
+            {"backend_key_host": "good-ray-head", "backend_key_instance": "small"},
+            "Refuse a host that is not an inference node",
+            'backend_key_host="good-ray-head" is not an inference node of this inventory (inference_nodes: good-gpu)',
+        ),
+        (
+            {"backend_key_host": "good-gpu", "backend_key_instance": "smal"},
+            "Refuse an instance the host does not run",
+            'host good-gpu: backend_key_instance="smal" is not one of its vllm_service_instances (small, big)',
+        ),
+        (
+            {"backend_key_host": "good-gpu", "backend_key_instance": "small"},
+            "Refuse a rotation that would fail requests, when no other backend serves the model",
+            "good-gpu/small is the only backend of model small: while it restarts on its new key, every request",
+        ),
+    ],
+    ids=["not-an-inference-node", "unknown-instance", "only-backend"],
+)
+def test_backend_key_runbook_refuses_before_any_change(tmp_path, extravars, task, expected):
+    """playbooks/runbooks/backend_key.yml checks what it is asked to rotate on the controller first:
+    nothing on a host runs when the host, the instance or the model's other backends are wrong."""
+    req = runner.RunRequest(
+        playbook="playbooks/runbooks/backend_key.yml",
+        inventory=str(FIXTURES / "good" / "hosts.yml"),
+        extravars=extravars,
+        summary_dir=tmp_path,
+        quiet=True,
+    )
+    rc, summary, _ = runner.run(req)
+    assert rc != 0
+    assert summary["totals"]["changed"] == 0
+    failed = summary["failed_tasks"]
+    assert [(t["play"], t["task"], t["host"]) for t in failed] == [(BACKEND_KEY_PLAY, task, "localhost")], failed
+    assert expected in failed[0]["message"], failed[0]["message"]
+    assert "sk-local-example" not in json.dumps(summary), "a key is never shown"

@@ -7,9 +7,9 @@ import base64
 import pytest
 from ansible.errors import AnsibleFilterError
 from llmfleet_gateway import (
+    gateway_backend_keys,
     gateway_clients,
     gateway_config,
-    gateway_env,
     gateway_external_backends,
     gateway_kept_key_names,
     gateway_registry_backends,
@@ -61,8 +61,10 @@ def test_keys_read_from_hosts_fill_only_backends_without_one():
     ]
     with_keys = gateway_with_keys(_backends(), reads)
     assert [b["api_key"] for b in with_keys] == ["key-a", "", "given"]
-    env = gateway_env(with_keys)
-    assert env == {"LLMFLEET_BACKEND_KEY_SYS_1_A": "key-a", "LLMFLEET_BACKEND_KEY_DOCK_1_D": "given"}
+    assert gateway_backend_keys(with_keys) == {
+        "sys-1/a": {"api_base": "http://172.18.0.5:8000/v1", "key": "key-a"},
+        "dock-1/d": {"api_base": "http://127.0.0.1:8300/v1", "key": "given"},
+    }
 
 
 def test_config_has_one_deployment_per_backend_with_catalog_costs_and_no_key_in_it():
@@ -86,7 +88,9 @@ def test_config_has_one_deployment_per_backend_with_catalog_costs_and_no_key_in_
         "hosted_vllm/smol-b",
         "hosted_vllm/smol-135m",
     ]
-    assert entries[2]["litellm_params"]["api_key"] == "os.environ/LLMFLEET_BACKEND_KEY_DOCK_1_D"
+    # A keyed backend's key comes from backend_keys.json through the callback, never from config.yaml.
+    assert entries[2]["litellm_params"]["api_key"] == "llmfleet-backend-keys-file"
+    assert cfg["litellm_settings"]["callbacks"] == ["llmfleet_backend_keys.backend_keys"]
     assert entries[0]["litellm_params"]["api_key"] == "none"
     assert entries[0]["litellm_params"]["rpm"] == 100
     assert entries[0]["model_info"]["input_cost_per_token"] == pytest.approx(5e-7)
