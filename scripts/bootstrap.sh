@@ -39,17 +39,25 @@ venv() {
 
 # llama.cpp's Python server (the llama.cpp side of llm_health's tests and the model pipeline):
 # PyPI has only the sdist, which compiles for about 5 minutes on 2 cores; the wheel is built
-# once into the cache and reinstalled from there in seconds.
+# once into the cache and reinstalled from there in seconds. The sdist stays in the cache too:
+# its vendored llama.cpp holds the GGUF converter the model pipeline unpacks on a workstation
+# (model_pipeline_llama_cpp_sdist, /opt/llmfleet/wheels/ in the lab).
 LLAMA_CPP=llama-cpp-python==0.3.36
 llamacpp() {
-  local cache="${LLMFLEET_CACHE:-$HOME/.cache/llmfleet}/wheels" whl
+  local cache="${LLMFLEET_CACHE:-$HOME/.cache/llmfleet}/wheels" whl sdist got
+  sdist="$cache/llama_cpp_python-0.3.36.tar.gz"
+  if [ ! -f "$sdist" ]; then
+    mkdir -p "$cache"
+    "$VENV/bin/python" -m pip download -q --no-deps --no-binary :all: -d "$cache" "$LLAMA_CPP"
+    got=$(ls "$cache"/llama[-_]cpp[-_]python-0.3.36.tar.gz | head -n1)
+    [ "$got" = "$sdist" ] || mv "$got" "$sdist"
+  fi
   if "$VENV/bin/python" -c "import llama_cpp.server" 2>/dev/null; then return 0; fi
   whl=$(ls "$cache"/llama_cpp_python-0.3.36-*.whl 2>/dev/null | head -n1 || true)
   if [ -z "$whl" ]; then
     echo "bootstrap: building $LLAMA_CPP once (about 5 minutes; cached in $cache)"
-    mkdir -p "$cache"
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_CUDA=OFF -DGGML_BLAS=OFF -DLLAVA_BUILD=OFF -DLLAMA_USE_PREBUILT_UI=OFF" \
-      CMAKE_BUILD_PARALLEL_LEVEL=2 "$VENV/bin/python" -m pip wheel -q --no-deps -w "$cache" "$LLAMA_CPP"
+      CMAKE_BUILD_PARALLEL_LEVEL=2 "$VENV/bin/python" -m pip wheel -q --no-deps -w "$cache" "$sdist"
     whl=$(ls "$cache"/llama_cpp_python-0.3.36-*.whl | head -n1)
   fi
   "$VENV/bin/python" -m pip install -q "llama-cpp-python[server] @ file://$whl"
