@@ -353,13 +353,18 @@ def test_kill_9_of_a_backend_under_load_loses_no_request_and_traffic_returns(gat
     assert load.ok > 0
     # systemd brings it back (Restart=always); once healthy and out of cooldown it gets traffic again.
     _wait_healthy(victim["url"])
+    _assert_gets_traffic_again(gateway, victim["id"])
+
+
+def _assert_gets_traffic_again(gateway, backend_id: str) -> None:
+    """Once out of its cooldown, the backend answers some of 24 requests through the gateway."""
     time.sleep(int(gateway["lab"].hostvars.get("model_gateway_cooldown_time", 5)) + 1)
     used: Counter = Counter()
     for _ in range(24):
         status, headers, body = chat(gateway["url"], gateway["client"], max_tokens=1)
         assert status == 200, body
         used[{k.lower(): v for k, v in headers.items()}.get("x-litellm-model-id")] += 1
-    assert used[victim["id"]] > 0, f"no request went back to {victim['id']}: {dict(used)}"
+    assert used[backend_id] > 0, f"no request went (back) to {backend_id}: {dict(used)}"
 
 
 def _gateway_pid(gateway) -> str:
@@ -400,13 +405,7 @@ def test_backend_key_rotation_under_load_loses_no_request_and_traffic_returns(ga
     assert keys[victim["id"]]["key"] == new_key
     assert _gateway_pid(gateway) == pid_before, "a backend key rotation must not restart the proxy"
     # Out of its cooldown, the rotated backend answers through the gateway with the new key.
-    time.sleep(int(gateway["lab"].hostvars.get("model_gateway_cooldown_time", 5)) + 1)
-    used: Counter = Counter()
-    for _ in range(24):
-        status, headers, body = chat(gateway["url"], gateway["client"], max_tokens=1)
-        assert status == 200, body
-        used[{k.lower(): v for k, v in headers.items()}.get("x-litellm-model-id")] += 1
-    assert used[victim["id"]] > 0, f"no request went to {victim['id']} after its rotation: {dict(used)}"
+    _assert_gets_traffic_again(gateway, victim["id"])
 
 
 # A client of the lab that is not on the backends' network: a throwaway container on a network of
