@@ -203,8 +203,20 @@ def test_every_lab_instance_and_host_is_a_target(rendered):
     assert jobs["prometheus"] and jobs["alertmanager"]
 
 
-def test_adding_hosts_and_instances_adds_their_targets(tmp_path, compose):
-    """A copy of the lab-test inventory with one more instance, a GPU node, Ray nodes and a workstation."""
+# The datastores host mode (the lab's own, on its observability host; the render runs on localhost,
+# which the lab's group_vars/observability do not reach, so it is given here).
+HOST_DATASTORES = {
+    "observability_stack_langfuse_datastores": "host",
+    "observability_stack_postgres_port": 5436,
+    "observability_stack_redis_port": 6386,
+}
+
+
+@pytest.fixture(scope="module")
+def rendered_grown(tmp_path_factory, compose) -> Path:
+    """One render for two tests (a render takes 30-50 s here): a copy of the lab-test inventory with
+    one more instance, a GPU node, Ray nodes and a workstation, in the datastores host mode."""
+    tmp_path = tmp_path_factory.mktemp("observability-grown")
     inv_dir = tmp_path / "inventory"
     inv_dir.mkdir()
     (inv_dir / "group_vars").symlink_to(REPO / "inventories" / "lab" / "group_vars")
@@ -219,8 +231,12 @@ def test_adding_hosts_and_instances_adds_their_targets(tmp_path, compose):
     groups["model_workstations"] = {"hosts": {"ws-1": {"fleet_service_address": "10.0.0.10"}}}
     (inv_dir / "hosts.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
     out = tmp_path / "out"
-    render(inv_dir / "hosts.yml", out, compose)
-    jobs = _jobs(_prometheus(out))
+    render(inv_dir / "hosts.yml", out, compose, HOST_DATASTORES)
+    return out
+
+
+def test_adding_hosts_and_instances_adds_their_targets(rendered_grown):
+    jobs = _jobs(_prometheus(rendered_grown))
     (added,) = jobs["vllm-test-inference-1-added"]["static_configs"]
     assert added["targets"] == ["10.0.0.5:8002"]
     assert added["labels"] == {
@@ -403,20 +419,10 @@ def test_backup_script_dumps_through_the_compose_postgres(rendered):
     assert "Requires=docker.service" in _backup_unit(rendered["out"])
 
 
-def test_host_datastores_mode_points_langfuse_at_the_host(tmp_path, compose):
+def test_host_datastores_mode_points_langfuse_at_the_host(rendered_grown, compose):
     """observability_stack_langfuse_datastores: host (the lab's mode): no postgres / redis services, Langfuse
     reaches the host's at host-gateway, the backup dumps the host's cluster; validated by docker compose config."""
-    out = tmp_path / "out"
-    render(
-        LAB_TEST / "hosts.yml",
-        out,
-        compose,
-        {
-            "observability_stack_langfuse_datastores": "host",
-            "observability_stack_postgres_port": 5436,
-            "observability_stack_redis_port": 6386,
-        },
-    )
+    out = rendered_grown
     project = out / "compose"
     config = _compose_config(compose, project)
     services = config["services"]
