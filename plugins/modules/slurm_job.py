@@ -181,10 +181,15 @@ def cancel(module, jobs, timeout=60):
     if not ids:
         return []
     _run(module, ["scancel", *ids])
+    # Until Slurm lists none of them, COMPLETING included: then their processes have ended and the
+    # allocation (GPUs, the port) is free for what comes next.
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        left = [i for i in ids if job_status(module, i)[0]["state"] in ACTIVE_STATES - {"COMPLETING"}]
+    while True:
+        left = [i for i in ids if job_status(module, i)[0]["state"] in ACTIVE_STATES]
         if not left:
+            break
+        if time.monotonic() > deadline:
+            module.warn(f"cancelled job(s) {', '.join(left)} still listed by Slurm after {timeout} s (COMPLETING?)")
             break
         time.sleep(1)
     return ids

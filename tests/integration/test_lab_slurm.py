@@ -59,6 +59,12 @@ def _queue(login, name: str | None = None) -> list[list[str]]:
     return [line.split("|") for line in out.splitlines() if line.strip()]
 
 
+def _job_state(scontrol_line: str) -> str:
+    """JobState, Reason, ExitCode and times of one `scontrol show job -o` line (what explains an end)."""
+    keep = ("JobState", "Reason", "ExitCode", "RunTime", "StartTime", "EndTime", "NodeList")
+    return " ".join(f for f in scontrol_line.split() if f.split("=", 1)[0] in keep)
+
+
 def _converge(extravars: dict | None = None, check: bool = False):
     """playbooks/slurm_job.yml (make test's own second converge and check mode of site.yml cover check mode)."""
     return runner.run(
@@ -191,11 +197,14 @@ def test_failed_job_is_reported_with_its_log_tail(login):
 @pytest.mark.disruptive
 def test_absent_cancels_the_job_and_closes_the_tunnel(login):
     job_id = _info(login)["job_id"]
+    # The converge's job must still run here, or there is nothing for absent to cancel.
+    before = login["host"].check_output(f"scontrol show job -o {job_id}")
+    assert "JobState=RUNNING" in before, f"job {job_id} is no longer running before the test: {_job_state(before)}"
     rc, summary, _ = _converge({"slurm_job_state": "absent"})
     assert rc == 0, summary["failed_tasks"]
     assert _queue(login) == []
     state = login["host"].check_output(f"scontrol show job -o {job_id}")
-    assert "JobState=CANCELLED" in state
+    assert "JobState=CANCELLED" in state, _job_state(state)
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", login["port"])) != 0, "the tunnel's port still answers"
 
