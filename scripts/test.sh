@@ -81,13 +81,32 @@ molecule_all() {
   done
 }
 
+# The second converge and the check-mode run of the converged lab, at the same time: neither may
+# change anything (a no-op pass spends its time on per-task overhead, the two overlap on 2 cores:
+# about 8 minutes instead of 14 one after the other). The check run has a copy of the fact cache
+# (jsonfile writes are not atomic) and its output goes to a file, printed after the converge's.
+lab_second_pass_and_check() {
+  local log rc_apply=0 rc_check=0 pid
+  log=$(mktemp)
+  rm -rf .cache/facts-check
+  if [[ -d .cache/facts ]]; then cp -a .cache/facts .cache/facts-check; fi
+  ANSIBLE_CACHE_PLUGIN_CONNECTION="$PWD/.cache/facts-check" \
+    llmfleet check site.yml -i "$TEST_INVENTORY" --expect-changed 0 >"$log" 2>&1 &
+  pid=$!
+  llmfleet deploy site.yml -i "$TEST_INVENTORY" --expect-changed 0 || rc_apply=$?
+  wait "$pid" || rc_check=$?
+  printf '\n==> check mode on the converged lab (run beside the second converge): its output\n'
+  cat "$log"
+  rm -f "$log"
+  printf '\n==> second converge: rc %s; check mode: rc %s\n' "$rc_apply" "$rc_check"
+  ((rc_apply == 0 && rc_check == 0))
+}
+
 lab_e2e() {
   stage "lab: converge site.yml"
   llmfleet deploy site.yml -i "$TEST_INVENTORY"
-  stage "lab: second converge must change nothing"
-  llmfleet deploy site.yml -i "$TEST_INVENTORY" --expect-changed 0
-  stage "lab: check mode on the converged lab must report no change"
-  llmfleet check site.yml -i "$TEST_INVENTORY" --expect-changed 0
+  stage "lab: second converge must change nothing; check mode, run beside it, must report no change"
+  lab_second_pass_and_check
   stage "lab: endpoint health (a real completion must answer Paris)"
   llmfleet lab status
   local addr key
