@@ -194,19 +194,9 @@ def test_systemd_answers_a_real_question(systemd_host, systemd_lab):
     assert reply["usage"]["completion_tokens"] > 0
 
 
-def test_systemd_killed_server_comes_back_by_itself(systemd_host, systemd_lab, side_effects):
-    inst = instances(systemd_lab)[0]
-    old = main_pid(systemd_host, inst["name"])
-    systemd_host.check_output("kill -9 %s", old)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        pid = main_pid(systemd_host, inst["name"])
-        if pid not in ("0", old) and curl(systemd_host, inst["port"], "/health")[0] == 200:
-            break
-        time.sleep(5)
-    else:
-        pytest.fail(f"vllm-{inst['name']} did not come back healthy within 240 s of kill -9")
-    assert curl(systemd_host, inst["port"], "/v1/models", key=api_key(systemd_host, inst["name"]))[0] == 200
+# kill -9 of a systemd instance, and systemd bringing it back under a new PID that answers with its key:
+# test_lab_gateway.py::test_kill_9_of_a_backend_under_load_loses_no_request_and_traffic_returns (under
+# load through the gateway, so one restart serves both checks).
 
 
 # ------------------------------------------------------------------------------------- docker runtime
