@@ -1,21 +1,29 @@
 """Jinja filters that build the model gateway's configuration from the catalog and the inventory.
 
 Nothing is typed twice: every backend of a model comes from where it is already described —
-``vllm_service_instances`` of every inference host, ``model_gateway_external_backends`` (llama.cpp
-servers, Slurm jobs, endpoints outside the inventory), rows added with ``llmfleet models add`` — and
-its costs from ``fleet_models``. Backend API keys never enter the rendered config: a keyed backend's
-``api_key`` is a placeholder, and the proxy's callback (roles/model_gateway/files/llmfleet_backend_keys.py)
-puts the key from the gateway's 0600 ``backend_keys.json`` into each request, re-reading that file when
-it changes, so a backend key is rotated without restarting the proxy.
+``vllm_service_instances`` of every inference host, the Slurm job of every login host (its
+connection info, read on the login host at each converge), the llama.cpp servers of every
+workstation's model pipeline, ``model_gateway_external_backends`` (endpoints outside the
+inventory), rows added with ``llmfleet models add`` — and its costs from ``fleet_models``. Backend
+API keys never enter the rendered config: a keyed backend's ``api_key`` is a placeholder, and the
+proxy's callback (roles/model_gateway/files/llmfleet_backend_keys.py) puts the key from the
+gateway's 0600 ``backend_keys.json`` into each request, re-reading that file when it changes, so a
+backend key is rotated without restarting the proxy.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import re
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
+
+try:  # the collection's own import path (ansible); tests put plugins/filter on sys.path
+    from ansible_collections.llmfleet.fleet.plugins.filter.llmfleet_model_pipeline import model_pipeline_servers
+except ImportError:  # pragma: no cover
+    from llmfleet_model_pipeline import model_pipeline_servers
 
 # LiteLLM's provider prefix for an OpenAI-compatible backend by kind.
 PROVIDERS = {"vllm": "hosted_vllm", "openai": "openai", "llamacpp": "openai"}
@@ -25,6 +33,20 @@ PROVIDERS = {"vllm": "hosted_vllm", "openai": "openai", "llamacpp": "openai"}
 BACKEND_KEY_PLACEHOLDER = "llmfleet-backend-keys-file"
 # The callback that does so (a module the role installs beside config.yaml, and its instance).
 BACKEND_KEYS_CALLBACK = "llmfleet_backend_keys.backend_keys"
+
+
+# Role defaults the backends of other roles' hosts are found with (role defaults are not in hostvars).
+# tests/unit/test_gateway_filters.py checks each against the role's defaults/main.yml.
+SLURM_SHARED_DIR = "/projects/{user}/llmfleet"  # slurm_job_shared_dir: /projects/<ansible_user or llm>/llmfleet
+SLURM_JOB_NAME = "vllm-{instance}"  # slurm_job_name: vllm-<slurm_job_instance.name or server>
+PIPELINE_SERVE_FORMATS = ["Q4_K_M", "Q5_K_M", "Q8_0", "F16"]  # model_pipeline_serve_formats
+PIPELINE_SERVER_HOST = "0.0.0.0"  # model_pipeline_server_host
+
+
+def _host_address(host: str, hv: Any) -> str:
+    """Where peers reach a host's services: fleet_service_address, else its default IPv4, else its name."""
+    facts = hv.get("ansible_facts") or {}
+    return hv.get("fleet_service_address") or (facts.get("default_ipv4") or {}).get("address") or host
 
 
 def _catalog_entry(models: dict, name: str, where: str) -> dict:
@@ -102,8 +124,7 @@ def gateway_vllm_backends(hosts: list[str], hostvars: Any, models: dict) -> list
     backends = []
     for host in hosts:
         hv = hostvars[host]
-        facts = hv.get("ansible_facts") or {}
-        address = hv.get("fleet_service_address") or (facts.get("default_ipv4") or {}).get("address") or host
+        address = _host_address(host, hv)
         config_dir = hv.get("vllm_service_config_dir") or "/etc/vllm"
         for index, inst in enumerate(hv.get("vllm_service_instances") or []):
             where = f"host {host}: vllm_service_instances[{index}] ({inst.get('name')})"
@@ -145,8 +166,116 @@ def gateway_k8s_backends(clusters: list[str], hostvars: Any, models: dict) -> li
     return backends
 
 
+def gateway_slurm_jobs(login_hosts: list[str], hostvars: Any, models: dict) -> list[dict]:
+    """The Slurm job of each login host that serves one (slurm_job_state present, slurm_job_serve true,
+    an instance set): the login host, the job's name, its catalog model and where its connection info
+    is (``<slurm_job_shared_dir>/jobs/<slurm_job_name>/connection.json``, as the slurm_job role writes
+    it). The gateway reads that file on the login host (the job's node and port change when it is
+    resubmitted) and makes the backend with ``gateway_slurm_backends``."""
+    jobs = []
+    for host in login_hosts or []:
+        hv = hostvars[host]
+        inst = hv.get("slurm_job_instance") or {}
+        if not inst or hv.get("slurm_job_state", "present") != "present" or not _true(hv.get("slurm_job_serve", True)):
+            continue
+        where = f"host {host}: slurm_job_instance ({inst.get('name')})"
+        entry = _catalog_entry(models, inst.get("model"), where)
+        shared = hv.get("slurm_job_shared_dir") or SLURM_SHARED_DIR.format(user=hv.get("ansible_user") or "llm")
+        name = hv.get("slurm_job_name") or SLURM_JOB_NAME.format(instance=inst.get("name") or "server")
+        jobs.append(
+            {
+                "host": host,
+                "job_name": str(name),
+                "info_file": f"{str(shared).rstrip('/')}/jobs/{name}/connection.json",
+                "url": str(hv.get("slurm_job_gateway_url") or ""),
+                "api_key": str(hv.get("slurm_job_api_key") or inst.get("api_key") or ""),
+                "model": inst["model"],
+                "served_name": str(inst.get("served_model_name") or entry.get("served_name") or inst["model"]),
+            }
+        )
+    return jobs
+
+
+def gateway_slurm_backends(info_reads: list[dict], models: dict) -> list[dict]:
+    """A backend per Slurm job whose connection info was read (slurp results, looped over
+    ``gateway_slurm_jobs``): at the job's head node (its address as the node resolves it, else its
+    name) and port, or at the login host's ``slurm_job_gateway_url`` when given; the key from the
+    inventory, else the job's key file on the login host. A job with no connection info (not
+    submitted yet, or not running) gives no backend."""
+    backends = []
+    for result in info_reads or []:
+        job = result["item"]
+        content = result.get("content")
+        if result.get("failed") or not content:
+            continue
+        info = json.loads(base64.b64decode(content))
+        if not info.get("url") and not job["url"]:  # a job that does not serve (slurm_job_serve false)
+            continue
+        served = info.get("served_model_names") or [job["served_name"]]
+        address = info.get("address") or info["node"]
+        backends.append(
+            {
+                "id": f"{job['host']}/{job['job_name']}",
+                "kind": "vllm",
+                "host": job["host"],
+                "instance": job["job_name"],
+                "model": job["model"],
+                "backend_model": str(served[0]),
+                "api_base": (job["url"] or f"http://{address}:{int(info['port'])}/v1").rstrip("/"),
+                "key_file": "" if job["api_key"] else str(info.get("api_key_file") or ""),
+                "api_key": job["api_key"],
+                **_catalog_fields(job["model"], models.get(job["model"]) or {}),
+            }
+        )
+    return backends
+
+
+def gateway_pipeline_backends(workstations: list[str], hostvars: Any, models: dict) -> list[dict]:
+    """The llama.cpp servers of every workstation's model pipeline (one per model and served format,
+    as model_pipeline runs them), at the host's fleet_service_address, else its default IPv4 address.
+    Each is a model of its own (its served name, ``<name>-<format>``), with no key; costs from a
+    catalog entry of that name when there is one, else none. A workstation whose servers listen on
+    loopback only (model_pipeline_server_host 127.0.0.1) is refused: the gateway cannot reach them."""
+    backends = []
+    for host in workstations or []:
+        hv = hostvars[host]
+        listen = str(hv.get("model_pipeline_server_host") or PIPELINE_SERVER_HOST)
+        formats = hv.get("model_pipeline_serve_formats") or PIPELINE_SERVE_FORMATS
+        servers = model_pipeline_servers(hv.get("model_pipeline_models") or [], formats, "", "", "")
+        if servers and listen in ("127.0.0.1", "localhost", "::1"):
+            raise AnsibleFilterError(
+                f"host {host}: model_pipeline_server_host is {listen}, so the gateway cannot reach its llama.cpp "
+                "servers; set it to an address the gateway host reaches (or 0.0.0.0), or leave the host out of "
+                "model_gateway_workstations"
+            )
+        address = listen if listen not in ("0.0.0.0", "::") else _host_address(host, hv)
+        for server in servers:
+            served = server["served_name"]
+            entry = (models or {}).get(served) or {}
+            backends.append(
+                {
+                    "id": f"{host}/llamacpp-{served}",
+                    "kind": "llamacpp",
+                    "host": host,
+                    "instance": served,
+                    "model": served,
+                    "backend_model": served,
+                    "api_base": f"http://{address}:{server['port']}/v1",
+                    "key_file": "",
+                    "api_key": "",
+                    **_catalog_fields(served, entry),
+                    "display_name": str(entry.get("display_name") or f"{server['model']} ({server['format']})"),
+                }
+            )
+    return backends
+
+
+def _true(value: Any) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
 def gateway_external_backends(external: list[dict], models: dict) -> list[dict]:
-    """``model_gateway_external_backends`` (and registry rows added from the CLI) as backends."""
+    """``model_gateway_external_backends`` as backends: endpoints the inventory does not describe."""
     backends = []
     for index, ext in enumerate(external or []):
         where = f"model_gateway_external_backends[{index}] ({ext.get('name')})"
@@ -319,6 +448,9 @@ class FilterModule:
             "gateway_vllm_backends": gateway_vllm_backends,
             "gateway_external_backends": gateway_external_backends,
             "gateway_k8s_backends": gateway_k8s_backends,
+            "gateway_slurm_jobs": gateway_slurm_jobs,
+            "gateway_slurm_backends": gateway_slurm_backends,
+            "gateway_pipeline_backends": gateway_pipeline_backends,
             "gateway_with_keys": gateway_with_keys,
             "gateway_config": gateway_config,
             "gateway_backend_keys": gateway_backend_keys,

@@ -1,5 +1,6 @@
 """The model gateway on the shared test lab: LiteLLM's proxy on the gateway host in front of the lab's
-vLLM instances (both runtimes), the model_mappings registry in PostgreSQL, the admin CLI.
+vLLM instances (both runtimes) and its Slurm job, the model_mappings registry in PostgreSQL, the
+admin CLI.
 
 Everything here talks to what the lab converge already runs: the gateway (its port is the
 inventory's model_gateway_port, on this machine's host network) and the vLLM instances behind it.
@@ -40,7 +41,7 @@ def _hosts(group: str) -> list[lab.LabHost]:
 
 @pytest.fixture(scope="module")
 def inventory() -> dict[str, list[lab.LabHost]]:
-    found = {"gateway": _hosts("gateway"), "inference_nodes": _hosts("inference_nodes")}
+    found = {g: _hosts(g) for g in ("gateway", "inference_nodes", "slurm_login")}
     if not found["gateway"]:
         pytest.fail(f"the lab inventory {lab.lab_inventory_path()} has no host in group gateway")
     return found
@@ -71,8 +72,25 @@ def _backend_address(host: lab.LabHost) -> str:
 
 @pytest.fixture(scope="module")
 def backends(inventory) -> list[dict]:
-    """Every vLLM instance of the lab, as the gateway should see it: id, base URL, key."""
+    """Every vLLM instance of the lab, as the gateway should see it: id, base URL, key. The Slurm
+    job's (runtime "slurm") from its connection info on the login host, at its node's lab address."""
     out = []
+    for login in inventory["slurm_login"]:
+        ti = testinfra.get_host(f"docker://{login.name}")
+        job = f"vllm-{login.hostvars['slurm_job_instance']['name']}"
+        info_file = f"{login.hostvars['slurm_job_shared_dir']}/jobs/{job}/connection.json"
+        info = json.loads(ti.file(info_file).content_string)
+        out.append(
+            {
+                "id": f"{login.name}/{job}",
+                "url": f"http://{info['address']}:{info['port']}/v1",
+                "served": info["served_model_names"][0],
+                "key": ti.file(info["api_key_file"]).content_string.strip(),
+                "host": info["node"],
+                "instance": job,
+                "runtime": "slurm",
+            }
+        )
     for host in inventory["inference_nodes"]:
         ti = testinfra.get_host(f"docker://{host.name}")
         for inst in host.hostvars.get("vllm_service_instances", []):
@@ -128,7 +146,7 @@ def test_every_lab_backend_is_in_the_generated_config(gateway, backends):
     deployed = {e["model_info"]["id"]: e for e in config["model_list"]}
     assert {b["id"] for b in backends} <= set(deployed), deployed.keys()
     runtimes = {b["runtime"] for b in backends}
-    assert runtimes == {"systemd", "docker"}, "the lab must put both runtimes behind the gateway"
+    assert runtimes == {"systemd", "docker", "slurm"}, "both runtimes and the Slurm job must be behind the gateway"
     for b in backends:
         params = deployed[b["id"]]["litellm_params"]
         assert params["api_base"] == b["url"]
@@ -178,6 +196,17 @@ def test_a_caller_over_its_rpm_limit_gets_429(gateway):
     # lab-limited may call 3 times a minute (group_vars/gateway); the 4th and 5th are refused.
     statuses = [chat(gateway["url"], gateway["limited"], max_tokens=1)[0] for _ in range(5)]
     assert set(statuses) <= {200, 429} and statuses[-2:] == [429, 429], statuses
+
+
+def test_the_slurm_job_is_a_backend_and_answers_through_the_gateway(gateway, backends):
+    """The job the converge submitted (its connection info read on the login host by the gateway's
+    converge) gets requests through the gateway and answers them."""
+    job = next((b for b in backends if b["runtime"] == "slurm"), None)
+    assert job, "the lab has a Slurm login host: its job must be a backend"
+    assert chat(job["url"], job["key"], model=job["served"], max_tokens=1)[0] == 200, "the job does not answer directly"
+    keys = json.loads(gateway["host"].file(f"{CONFIG_DIR}/backend_keys.json").content_string)
+    assert keys[job["id"]] == {"api_base": job["url"], "key": job["key"]}
+    assert "Paris" in _answer(_assert_gets_traffic_again(gateway, job["id"], max_tokens=24))
 
 
 def test_reported_cost_is_tokens_times_catalog_prices(gateway, inventory):
@@ -362,15 +391,20 @@ def test_kill_9_of_a_backend_under_load_loses_no_request_and_traffic_returns(gat
     _assert_gets_traffic_again(gateway, victim["id"])
 
 
-def _assert_gets_traffic_again(gateway, backend_id: str) -> None:
-    """Once out of its cooldown, the backend answers some of 24 requests through the gateway."""
+def _assert_gets_traffic_again(gateway, backend_id: str, max_tokens: int = 1) -> dict:
+    """Once out of its cooldown, the backend answers one of at most 60 requests through the gateway
+    (the lab's 4 backends of the model, shuffled: missed 60 times with odds 0.75^60, about 3e-8).
+    Returns the body of its answer."""
     time.sleep(int(gateway["lab"].hostvars.get("model_gateway_cooldown_time", 5)) + 1)
     used: Counter = Counter()
-    for _ in range(24):
-        status, headers, body = chat(gateway["url"], gateway["client"], max_tokens=1)
+    for _ in range(60):
+        status, headers, body = chat(gateway["url"], gateway["client"], max_tokens=max_tokens)
         assert status == 200, body
-        used[{k.lower(): v for k, v in headers.items()}.get("x-litellm-model-id")] += 1
-    assert used[backend_id] > 0, f"no request went (back) to {backend_id}: {dict(used)}"
+        served_by = {k.lower(): v for k, v in headers.items()}.get("x-litellm-model-id")
+        used[served_by] += 1
+        if served_by == backend_id:
+            return body
+    raise AssertionError(f"no request went (back) to {backend_id}: {dict(used)}")
 
 
 def _gateway_pid(gateway) -> str:

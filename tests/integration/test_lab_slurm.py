@@ -98,6 +98,8 @@ def test_job_runs_vllm_and_wrote_its_connection_info(login):
     compute = {h.name for h in _hosts("lab_slurm_compute")}
     assert info["node"] in compute and info["nodes"] == [info["node"]]
     assert info["url"] == f"http://{info['node']}:{info['port']}/v1"
+    # Where the gateway reaches the job: the node's own address for its name (its lab address).
+    assert info["address"] == lab.container_address(info["node"])
     assert info["api_key_file"] == f"{login['job_dir']}/api-key"
     assert info["start_time"] and info["ready_time"]
     assert _queue(login) == [[info["job_id"], "RUNNING", info["node"]]]

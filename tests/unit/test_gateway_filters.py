@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import base64
+import json
+from pathlib import Path
 
 import pytest
+import yaml
 from ansible.errors import AnsibleFilterError
 from llmfleet_gateway import (
+    PIPELINE_SERVE_FORMATS,
+    PIPELINE_SERVER_HOST,
+    SLURM_JOB_NAME,
+    SLURM_SHARED_DIR,
     gateway_backend_keys,
     gateway_clients,
     gateway_config,
     gateway_external_backends,
     gateway_kept_key_names,
+    gateway_pipeline_backends,
     gateway_registry_backends,
     gateway_registry_rows,
+    gateway_slurm_backends,
+    gateway_slurm_jobs,
     gateway_vllm_backends,
     gateway_with_keys,
 )
@@ -164,3 +174,121 @@ def test_pip_missing_matches_a_requirement_with_extras_by_its_name():
 def test_kept_keys_always_include_litellms_internal_one():
     assert gateway_kept_key_names([{"name": "a"}, {"name": "b", "key": "kb"}], "") == ["internal", "master", "client-a"]
     assert gateway_kept_key_names([], "given") == ["internal"]
+
+
+# ------------------------------------------------------------------------------ Slurm jobs, pipelines
+ROLES = Path(__file__).resolve().parents[2] / "roles"
+SLURM_HOSTVARS = {
+    "login-1": {"ansible_user": "alice", "slurm_job_instance": {"name": "s", "model": "smol", "port": 8000}},
+    "login-2": {
+        "slurm_job_shared_dir": "/scratch/llm/",
+        "slurm_job_name": "serve-big",
+        "slurm_job_gateway_url": "http://hpc-gw:18000/v1/",
+        "slurm_job_api_key": "from-vault",
+        "slurm_job_instance": {"name": "b", "model": "big", "port": 8100},
+    },
+    "login-3": {"slurm_job_state": "absent", "slurm_job_instance": {"name": "x", "model": "smol", "port": 8000}},
+    "login-4": {"slurm_job_serve": "false", "slurm_job_instance": {"name": "y", "model": "smol", "port": 8000}},
+    "login-5": {},
+}
+
+
+def _read(job: dict, info: dict | None) -> dict:
+    if info is None:
+        return {"item": job, "failed": True, "msg": "file not found"}
+    return {"item": job, "content": base64.b64encode(json.dumps(info).encode()).decode()}
+
+
+def test_the_slurm_job_of_each_serving_login_host_is_found_where_slurm_job_writes_it():
+    jobs = gateway_slurm_jobs(list(SLURM_HOSTVARS), SLURM_HOSTVARS, MODELS)
+    assert [(j["host"], j["job_name"], j["info_file"], j["model"]) for j in jobs] == [
+        ("login-1", "vllm-s", "/projects/alice/llmfleet/jobs/vllm-s/connection.json", "smol"),
+        ("login-2", "serve-big", "/scratch/llm/jobs/serve-big/connection.json", "big"),
+    ]
+    assert jobs[1]["api_key"] == "from-vault" and jobs[1]["url"] == "http://hpc-gw:18000/v1/"
+
+
+def test_the_mirrored_role_defaults_are_the_roles_own():
+    slurm = yaml.safe_load((ROLES / "slurm_job" / "defaults" / "main.yml").read_text())
+    assert slurm["slurm_job_shared_dir"] == "/projects/{{ ansible_user | default('llm') }}/llmfleet"
+    assert SLURM_SHARED_DIR.format(user="{{ ansible_user | default('llm') }}") == slurm["slurm_job_shared_dir"]
+    assert slurm["slurm_job_name"] == "vllm-{{ slurm_job_instance.name | default('server') }}"
+    name = "{{ slurm_job_instance.name | default('server') }}"
+    assert SLURM_JOB_NAME.format(instance=name) == slurm["slurm_job_name"]
+    assert slurm["__slurm_job_info_file"] == "{{ __slurm_job_dir }}/connection.json"
+    assert slurm["__slurm_job_dir"] == "{{ slurm_job_shared_dir }}/jobs/{{ slurm_job_name }}"
+    pipeline = yaml.safe_load((ROLES / "model_pipeline" / "defaults" / "main.yml").read_text())
+    assert pipeline["model_pipeline_serve_formats"] == PIPELINE_SERVE_FORMATS
+    assert pipeline["model_pipeline_server_host"] == PIPELINE_SERVER_HOST
+
+
+def test_a_slurm_job_with_connection_info_is_a_backend_at_its_node_with_its_key():
+    jobs = gateway_slurm_jobs(list(SLURM_HOSTVARS), SLURM_HOSTVARS, MODELS)
+    info = {"node": "c-7", "address": "10.3.0.7", "port": 8000, "url": "http://c-7:8000/v1",
+            "api_key_file": "/projects/alice/llmfleet/jobs/vllm-s/api-key", "served_model_names": ["smol-135m"]}
+    backends = gateway_slurm_backends([_read(jobs[0], info), _read(jobs[1], {**info, "address": None})], MODELS)
+    first, second = backends
+    assert (first["id"], first["api_base"], first["backend_model"], first["host"]) == (
+        "login-1/vllm-s", "http://10.3.0.7:8000/v1", "smol-135m", "login-1")
+    assert (first["key_file"], first["api_key"]) == ("/projects/alice/llmfleet/jobs/vllm-s/api-key", "")
+    assert (first["input_cost"], first["output_cost"], first["source"]) == (0.5, 1.5, "catalog")
+    # slurm_job_gateway_url wins over the node; a key from the vault is not read from the host.
+    assert (second["api_base"], second["api_key"], second["key_file"]) == ("http://hpc-gw:18000/v1", "from-vault", "")
+    # Without an address, the node's name.
+    assert gateway_slurm_backends([_read(jobs[0], {**info, "address": None})], MODELS)[0]["api_base"] == (
+        "http://c-7:8000/v1")
+
+
+def test_a_slurm_job_without_connection_info_or_not_serving_gives_no_backend():
+    job = gateway_slurm_jobs(["login-1"], SLURM_HOSTVARS, MODELS)[0]
+    ray_only = {"node": "c-1", "port": 8000, "url": None, "served_model_names": ["smol-135m"]}
+    assert gateway_slurm_backends([_read(job, None), _read(job, ray_only)], MODELS) == []
+
+
+def test_a_slurm_job_of_a_model_outside_the_catalog_is_refused_naming_the_host():
+    hostvars = {"login-9": {"slurm_job_instance": {"name": "g", "model": "ghost", "port": 8000}}}
+    with pytest.raises(AnsibleFilterError, match="host login-9: slurm_job_instance \\(g\\): model 'ghost'"):
+        gateway_slurm_jobs(["login-9"], hostvars, MODELS)
+
+
+PIPELINE_HOSTVARS = {
+    "ws-1": {
+        "ansible_facts": {"default_ipv4": {"address": "10.0.0.20"}},
+        "model_pipeline_models": [{"name": "tuned", "base_model": "smol", "port": 5000}],
+    },
+    "ws-2": {
+        "fleet_service_address": "192.168.1.2",
+        "model_pipeline_serve_formats": ["Q8_0"],
+        "model_pipeline_models": [{"name": "smol-135m-q8_0-src", "base_model": "smol", "port": 6000}],
+    },
+}
+
+
+def test_each_pipeline_llama_cpp_server_is_a_backend_of_its_own_model():
+    backends = gateway_pipeline_backends(["ws-1", "ws-2"], PIPELINE_HOSTVARS, {**MODELS, "tuned-q4_k_m": {
+        "cost_per_million_input_tokens": 0.1, "cost_per_million_output_tokens": 0.2, "display_name": "Tuned Q4"}})
+    assert [(b["id"], b["model"], b["api_base"], b["kind"]) for b in backends] == [
+        ("ws-1/llamacpp-tuned-q4_k_m", "tuned-q4_k_m", "http://10.0.0.20:5000/v1", "llamacpp"),
+        ("ws-1/llamacpp-tuned-q5_k_m", "tuned-q5_k_m", "http://10.0.0.20:5001/v1", "llamacpp"),
+        ("ws-1/llamacpp-tuned-q8_0", "tuned-q8_0", "http://10.0.0.20:5002/v1", "llamacpp"),
+        ("ws-1/llamacpp-tuned-f16", "tuned-f16", "http://10.0.0.20:5003/v1", "llamacpp"),
+        ("ws-2/llamacpp-smol-135m-q8_0-src-q8_0", "smol-135m-q8_0-src-q8_0", "http://192.168.1.2:6000/v1", "llamacpp"),
+    ]
+    first, second = backends[0], backends[1]
+    assert (first["input_cost"], first["output_cost"], first["display_name"]) == (0.1, 0.2, "Tuned Q4")
+    assert (second["input_cost"], second["display_name"], second["api_key"], second["key_file"]) == (
+        0.0, "tuned (Q5_K_M)", "", "")
+    cfg = gateway_config(backends, MODELS, {})
+    assert cfg["model_list"][0]["model_name"] == "tuned-q4_k_m"
+    assert cfg["model_list"][0]["litellm_params"]["model"] == "openai/tuned-q4_k_m"
+    assert cfg["model_list"][0]["litellm_params"]["api_key"] == "none"
+    assert [r["backend_id"] for r in gateway_registry_rows(backends)][:1] == ["ws-1/llamacpp-tuned-q4_k_m"]
+
+
+def test_pipeline_servers_on_loopback_only_are_refused():
+    hostvars = {"ws-3": {**PIPELINE_HOSTVARS["ws-1"], "model_pipeline_server_host": "127.0.0.1"}}
+    with pytest.raises(AnsibleFilterError, match=r"host ws-3: model_pipeline_server_host is 127\.0\.0\.1"):
+        gateway_pipeline_backends(["ws-3"], hostvars, MODELS)
+    # A specific address is where the gateway reaches them.
+    hostvars = {"ws-4": {**PIPELINE_HOSTVARS["ws-1"], "model_pipeline_server_host": "10.9.9.9"}}
+    assert gateway_pipeline_backends(["ws-4"], hostvars, MODELS)[0]["api_base"] == "http://10.9.9.9:5000/v1"
