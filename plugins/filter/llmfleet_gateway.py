@@ -19,6 +19,7 @@ import re
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
+from ansible.module_utils.parsing.convert_bool import boolean
 
 try:  # the collection's own import path (ansible); tests put plugins/filter on sys.path
     from ansible_collections.llmfleet.fleet.plugins.filter.llmfleet_model_pipeline import model_pipeline_servers
@@ -176,7 +177,8 @@ def gateway_slurm_jobs(login_hosts: list[str], hostvars: Any, models: dict) -> l
     for host in login_hosts or []:
         hv = hostvars[host]
         inst = hv.get("slurm_job_instance") or {}
-        if not inst or hv.get("slurm_job_state", "present") != "present" or not _true(hv.get("slurm_job_serve", True)):
+        serving = boolean(hv.get("slurm_job_serve", True), strict=False)
+        if not inst or hv.get("slurm_job_state", "present") != "present" or not serving:
             continue
         where = f"host {host}: slurm_job_instance ({inst.get('name')})"
         entry = _catalog_entry(models, inst.get("model"), where)
@@ -268,10 +270,6 @@ def gateway_pipeline_backends(workstations: list[str], hostvars: Any, models: di
                 }
             )
     return backends
-
-
-def _true(value: Any) -> bool:
-    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 def gateway_external_backends(external: list[dict], models: dict) -> list[dict]:
