@@ -65,7 +65,11 @@ def test_load_token_counts_agree_with_the_server(vllm_url: str, vllm_model: str,
     for item, row in zip(items, run["requests"], strict=True):
         counted = post_json(join_url(vllm_url, "/tokenize"), {"model": vllm_model, "prompt": item.prompt})["count"]
         assert row["prompt_tokens"] == counted
-        assert len(row["itl_s"]) + 1 == row["output_tokens"]  # one streamed chunk per token on vLLM
+        # One gap per chunk after the first. vLLM streams a token per chunk when the client keeps up,
+        # but merges the tokens a slower reader has not taken yet into one chunk (seen in CI at
+        # concurrency 3: 11 chunks for 12 tokens), so a chunk count can only be bounded by the tokens.
+        assert 1 <= len(row["itl_s"]) + 1 <= row["output_tokens"] == 12
+        assert all(gap >= 0 for gap in row["itl_s"])
         assert row["ttft_s"] < row["latency_s"]
         assert row["tpot_s"] == pytest.approx((row["latency_s"] - row["ttft_s"]) / 11)
     for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms"):
