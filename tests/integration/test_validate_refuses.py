@@ -213,6 +213,13 @@ BAD = [
         ),
     ),
     (
+        "gateway-loopback",
+        "gw-1",
+        "Refuse backends the gateway could not reach",
+        "host ws-1: model_pipeline_server_host is 127.0.0.1, so the gateway cannot reach its llama.cpp servers; "
+        "set it to an address the gateway host reaches (or 0.0.0.0)",
+    ),
+    (
         "arch-image",
         "local-x86",
         REFUSE_FACTS,
