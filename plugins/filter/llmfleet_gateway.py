@@ -430,6 +430,14 @@ def gateway_clients(client_keys: list[dict], kept: dict) -> list[dict]:
     return clients
 
 
+def gateway_health_url(api_base: str, kind: str = "vllm") -> str:
+    """Where the gateway host probes a backend's health: ``/health`` beside its ``/v1`` base, except
+    for the pipeline's llama.cpp servers (kind llamacpp: llama-cpp-python's server has no /health
+    route, so its ``/v1/models``, which answers once the model is loaded)."""
+    base = re.sub(r"/v1/?$", "", str(api_base).rstrip("/"))
+    return f"{base}/v1/models" if kind == "llamacpp" else f"{base}/health"
+
+
 def gateway_rows_with_health(probes: list[dict]) -> list[dict]:
     """Registry rows (the ``item`` of each probe) with ``health`` from the probe of their /health now."""
     out = []
@@ -449,6 +457,7 @@ class FilterModule:
             "gateway_slurm_jobs": gateway_slurm_jobs,
             "gateway_slurm_backends": gateway_slurm_backends,
             "gateway_pipeline_backends": gateway_pipeline_backends,
+            "gateway_health_url": gateway_health_url,
             "gateway_with_keys": gateway_with_keys,
             "gateway_config": gateway_config,
             "gateway_backend_keys": gateway_backend_keys,

@@ -18,6 +18,7 @@ from llmfleet_gateway import (
     gateway_clients,
     gateway_config,
     gateway_external_backends,
+    gateway_health_url,
     gateway_kept_key_names,
     gateway_pipeline_backends,
     gateway_registry_backends,
@@ -292,3 +293,10 @@ def test_pipeline_servers_on_loopback_only_are_refused():
     # A specific address is where the gateway reaches them.
     hostvars = {"ws-4": {**PIPELINE_HOSTVARS["ws-1"], "model_pipeline_server_host": "10.9.9.9"}}
     assert gateway_pipeline_backends(["ws-4"], hostvars, MODELS)[0]["api_base"] == "http://10.9.9.9:5000/v1"
+
+
+def test_health_url_is_v1_models_for_llama_cpp_servers_and_health_for_the_rest():
+    # llama-cpp-python's server has no /health route (a 404 would mark a serving backend unhealthy).
+    assert gateway_health_url("http://10.0.0.5:5000/v1", "llamacpp") == "http://10.0.0.5:5000/v1/models"
+    assert gateway_health_url("http://10.0.0.5:8000/v1/", "vllm") == "http://10.0.0.5:8000/health"
+    assert gateway_health_url("https://api.example.com/v1", "openai") == "https://api.example.com/health"
