@@ -105,6 +105,11 @@ lab_second_pass_and_check() {
 }
 
 lab_e2e() {
+  # The model pipeline's input (docs/model_pipeline.md): a LoRA adapter trained here with peft on the
+  # lab model (about 10 s), put on the model source host that the lab's pipeline names as its
+  # training host; the converge fetches it from there over SSH.
+  stage "lab: train the pipeline's test LoRA adapter and put it on the training host"
+  python tests/fixtures/pipeline/place_adapter.py
   stage "lab: converge site.yml"
   llmfleet deploy site.yml -i "$TEST_INVENTORY"
   stage "lab: second converge must change nothing; check mode, run beside it, must report no change"

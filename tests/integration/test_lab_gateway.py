@@ -1,6 +1,6 @@
 """The model gateway on the shared test lab: LiteLLM's proxy on the gateway host in front of the lab's
-vLLM instances (both runtimes) and its Slurm job, the model_mappings registry in PostgreSQL, the
-admin CLI.
+vLLM instances (both runtimes), its Slurm job and its model pipeline's llama.cpp servers, the
+model_mappings registry in PostgreSQL, the admin CLI.
 
 Everything here talks to what the lab converge already runs: the gateway (its port is the
 inventory's model_gateway_port, on this machine's host network) and the vLLM instances behind it.
@@ -33,6 +33,9 @@ CONFIG_DIR = "/etc/llmfleet-gateway"
 # The lab CA the role made on this machine (group_vars/gateway: model_gateway_tls_ca_dir).
 LAB_CA = cache_dir() / "lab-ca" / lab_name() / "ca.crt"
 TRUSTED = ssl.create_default_context(cafile=str(LAB_CA)) if LAB_CA.exists() else None
+# The formats model_pipeline serves (roles/model_pipeline/defaults: model_pipeline_serve_formats),
+# one llama.cpp server each on the model's port and the next ones.
+PIPELINE_FORMATS = ["Q4_K_M", "Q5_K_M", "Q8_0", "F16"]
 
 
 def _hosts(group: str) -> list[lab.LabHost]:
@@ -41,7 +44,7 @@ def _hosts(group: str) -> list[lab.LabHost]:
 
 @pytest.fixture(scope="module")
 def inventory() -> dict[str, list[lab.LabHost]]:
-    found = {g: _hosts(g) for g in ("gateway", "inference_nodes", "slurm_login")}
+    found = {g: _hosts(g) for g in ("gateway", "inference_nodes", "slurm_login", "model_workstations")}
     if not found["gateway"]:
         pytest.fail(f"the lab inventory {lab.lab_inventory_path()} has no host in group gateway")
     return found
@@ -72,8 +75,9 @@ def _backend_address(host: lab.LabHost) -> str:
 
 @pytest.fixture(scope="module")
 def backends(inventory) -> list[dict]:
-    """Every vLLM instance of the lab, as the gateway should see it: id, base URL, key. The Slurm
-    job's (runtime "slurm") from its connection info on the login host, at its node's lab address."""
+    """Every backend of the lab, as the gateway should see it: id, base URL, key, catalog name. The
+    Slurm job's (runtime "slurm") from its connection info on the login host, at its node's lab
+    address; each pipeline llama.cpp server (runtime "llamacpp": a model of its own, no key)."""
     out = []
     for login in inventory["slurm_login"]:
         ti = testinfra.get_host(f"docker://{login.name}")
@@ -89,6 +93,7 @@ def backends(inventory) -> list[dict]:
                 "host": info["node"],
                 "instance": job,
                 "runtime": "slurm",
+                "name": "smollm2-135m",
             }
         )
     for host in inventory["inference_nodes"]:
@@ -103,8 +108,25 @@ def backends(inventory) -> list[dict]:
                     "host": host.name,
                     "instance": inst["name"],
                     "runtime": host.hostvars.get("vllm_service_runtime"),
+                    "name": "smollm2-135m",
                 }
             )
+    for host in inventory["model_workstations"]:
+        for model in host.hostvars.get("model_pipeline_models", []):
+            for offset, fmt in enumerate(PIPELINE_FORMATS):
+                served = f"{model['name']}-{fmt.lower()}"
+                out.append(
+                    {
+                        "id": f"{host.name}/llamacpp-{served}",
+                        "url": f"http://{_backend_address(host)}:{int(model['port']) + offset}/v1",
+                        "served": served,
+                        "key": "",
+                        "host": host.name,
+                        "instance": served,
+                        "runtime": "llamacpp",
+                        "name": served,
+                    }
+                )
     return out
 
 
@@ -139,26 +161,33 @@ def _rows(gateway) -> list[dict]:
     return json.loads(out or "[]") or []
 
 
-def test_every_lab_backend_is_in_the_generated_config(gateway, backends):
+def test_every_lab_backend_is_in_the_generated_config(gateway, backends, inventory):
     import yaml
 
     config = yaml.safe_load(gateway["host"].file(f"{CONFIG_DIR}/config.yaml").content_string)
     deployed = {e["model_info"]["id"]: e for e in config["model_list"]}
     assert {b["id"] for b in backends} <= set(deployed), deployed.keys()
     runtimes = {b["runtime"] for b in backends}
-    assert runtimes == {"systemd", "docker", "slurm"}, "both runtimes and the Slurm job must be behind the gateway"
+    expected = {"systemd", "docker", "slurm"} | ({"llamacpp"} if inventory["model_workstations"] else set())
+    assert runtimes == expected, "both runtimes, the Slurm job and the pipeline's servers must be behind the gateway"
+    keyed = [b for b in backends if b["key"]]
+    assert {b["runtime"] for b in keyed} == {"systemd", "docker", "slurm"}, "every vLLM backend has a key"
     for b in backends:
         params = deployed[b["id"]]["litellm_params"]
         assert params["api_base"] == b["url"]
+        if b["runtime"] == "llamacpp":  # a model of its own, by its served name
+            assert deployed[b["id"]]["model_name"] == b["served"]
         # Keys are never written into config.yaml (nor into the environment): the proxy's callback
-        # reads them from backend_keys.json, which it re-reads when it changes.
-        assert params["api_key"] == "llmfleet-backend-keys-file" and b["key"] not in json.dumps(config)
+        # reads them from backend_keys.json, which it re-reads when it changes. A backend served
+        # without a key (the llama.cpp servers) gets LiteLLM's "none".
+        assert params["api_key"] == ("llmfleet-backend-keys-file" if b["key"] else "none")
+        assert not b["key"] or b["key"] not in json.dumps(config)
     env = gateway["host"].file(f"{CONFIG_DIR}/gateway.env")
     assert env.mode == 0o600 and env.user == "root"
-    assert not any(b["key"] in env.content_string for b in backends)
+    assert not any(b["key"] in env.content_string for b in keyed)
     keys = gateway["host"].file(f"{CONFIG_DIR}/backend_keys.json")
     assert keys.mode == 0o600 and keys.user == gateway["lab"].hostvars.get("model_gateway_user", "llmfleet-gateway")
-    assert {b["id"]: b["key"] for b in backends} == {
+    assert {b["id"]: b["key"] for b in keyed} == {
         i: e["key"] for i, e in json.loads(keys.content_string).items() if i in {b["id"] for b in backends}
     }
 
@@ -224,15 +253,18 @@ def test_reported_cost_is_tokens_times_catalog_prices(gateway, inventory):
 
 
 def test_registry_rows_match_the_catalog_and_the_inventory(gateway, backends, inventory):
-    prices = inventory["gateway"][0].hostvars["fleet_models"]["smollm2-135m"]
+    catalog = inventory["gateway"][0].hostvars["fleet_models"]
     rows = {r["backend_id"]: r for r in _rows(gateway) if r["source"] == "catalog"}
     assert set(rows) == {b["id"] for b in backends}
     for b in backends:
         row = rows[b["id"]]
-        assert row["name"] == "smollm2-135m" and row["backend_url"] == b["url"]
-        assert row["input_cost"] == prices["cost_per_million_input_tokens"]
-        assert row["output_cost"] == prices["cost_per_million_output_tokens"]
-        assert row["state"] == "healthy"
+        assert row["name"] == b["name"] and row["backend_url"] == b["url"]
+        # A model the catalog does not price (the pipeline's servers, unless given an entry) costs 0.
+        prices = catalog.get(b["name"], {})
+        assert row["input_cost"] == prices.get("cost_per_million_input_tokens", 0)
+        assert row["output_cost"] == prices.get("cost_per_million_output_tokens", 0)
+        # llama.cpp servers have no /health: the gateway probes their /v1/models (gateway_health_url).
+        assert row["state"] == "healthy", row
 
 
 def test_models_add_list_remove_through_the_cli(gateway, backends, capsys):
