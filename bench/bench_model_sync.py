@@ -21,7 +21,7 @@ Usage, from a fresh clone (after `make venv`):
     .venv/bin/python bench/bench_model_sync.py --size-gb 5                       # local source
     .venv/bin/python bench/bench_model_sync.py --size-gb 5 --ssh-target 127.0.0.1 --ssh-port 2222 \\
         --ssh-key ~/.ssh/id_ed25519                                              # ssh source
-    .venv/bin/python bench/bench_model_sync.py --size-gb 5 --start-sshd          # throwaway sshd on 127.0.0.1
+    .venv/bin/python bench/bench_model_sync.py --size-gb 5 --start-sshd   # throwaway sshd on 127.0.0.1, plain shell
 
 For two lab hosts, run it on one lab host with --ssh-target the other and --remote-dir a directory there that
 holds the same generated data (`--generate-only --data DIR` run on that host makes it).
@@ -95,7 +95,12 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
-def start_sshd(work: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+def start_sshd(work: Path, keep_bashrc: bool = False) -> tuple[subprocess.Popen[bytes], dict[str, Any], str]:
+    """A throwaway sshd on 127.0.0.1 for the current user. Unless ``keep_bashrc``, it runs in a private mount
+    namespace where the user's ~/.bashrc reads as empty (bind-mounted over; the file itself is untouched): a
+    source host's account normally has a plain shell, while a developer's ~/.bashrc (pyenv, conda) can cost a
+    tenth of a second for every command run over ssh, by model_sync and rsync alike. Returns the process, the
+    connection and a line saying which shell it gets."""
     for name in ("host_key", "user_key"):
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / name)])
     shutil.copy(work / "user_key.pub", work / "authorized_keys")
@@ -109,13 +114,26 @@ def start_sshd(work: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     )
     os.makedirs("/run/sshd", exist_ok=True)
     sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-    proc = subprocess.Popen([sshd, "-D", "-E", str(work / "sshd.log"), "-f", str(work / "sshd_config")])
+    argv = [sshd, "-D", "-E", str(work / "sshd.log"), "-f", str(work / "sshd_config")]
+    bashrc = Path.home() / ".bashrc"
+    shell = "the user's ~/.bashrc as it is"
+    if not keep_bashrc and bashrc.is_file() and bashrc.stat().st_size and shutil.which("unshare"):
+        (work / "empty_bashrc").write_text("")
+        script = 'mount --bind "$0" "$1" && shift && exec "$@"'
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(work / "empty_bashrc"),
+                str(bashrc), *argv]  # fmt: skip
+        shell = f"a plain shell ({bashrc} hidden in the sshd's mount namespace; --keep-bashrc keeps it)"
+    elif not keep_bashrc and bashrc.is_file() and bashrc.stat().st_size:
+        shell = f"{bashrc} as it is (no unshare to hide it)"
+    proc = subprocess.Popen(argv)
     for _ in range(100):
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 break
         time.sleep(0.1)
-    return proc, {"host": "127.0.0.1", "port": port, "key": str(work / "user_key")}
+    if proc.poll() is not None:
+        sys.exit(f"the throwaway sshd exited ({proc.returncode}); see {work / 'sshd.log'}")
+    return proc, {"host": "127.0.0.1", "port": port, "key": str(work / "user_key")}, shell
 
 
 def verdict(ok: bool) -> str:
@@ -159,6 +177,9 @@ def main() -> None:
     parser.add_argument("--ssh-key")
     parser.add_argument("--remote-dir", help="the data's directory on --ssh-target (default: the local data path)")
     parser.add_argument("--start-sshd", action="store_true", help="throwaway sshd on 127.0.0.1 as the ssh source")
+    parser.add_argument(
+        "--keep-bashrc", action="store_true", help="with --start-sshd: ssh commands read your ~/.bashrc as it is"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="time each step this many times, report the best")
     args = parser.parse_args()
 
@@ -201,8 +222,9 @@ def measure(args: argparse.Namespace, work: Path, data: Path, created: list[Path
     created += [work / name for name in ("dest", ".dest.llmfleet", "rsync-dest", "files.txt", "known_hosts")]
     if args.start_sshd:
         created += [work / name for name in ("host_key", "host_key.pub", "user_key", "user_key.pub")]
-        created += [work / name for name in ("authorized_keys", "sshd_config", "sshd.log")]
-        out["sshd"], ssh = start_sshd(work)
+        created += [work / name for name in ("authorized_keys", "sshd_config", "sshd.log", "empty_bashrc")]
+        out["sshd"], ssh, shell = start_sshd(work, args.keep_bashrc)
+        print(f"source: a throwaway sshd on 127.0.0.1 for {os.environ.get('USER') or 'this user'}, {shell}")
     elif args.ssh_target:
         ssh = {"host": args.ssh_target, "port": args.ssh_port, "key": args.ssh_key}
     ssh_opts = ["StrictHostKeyChecking=no", f"UserKnownHostsFile={work / 'known_hosts'}"]
@@ -265,11 +287,15 @@ def measure(args: argparse.Namespace, work: Path, data: Path, created: list[Path
     if ssh:
         t_floor, _ = best(max(3, args.repeat), lambda: out["source"].ssh("true"))
         print(f"             (floor: one command over the open connection, `ssh HOST true`, {t_floor:.3f}s: the remote"
-              " account's shell start-up, ~/.bashrc included, counts here for model_sync and rsync alike)")  # fmt: skip
+              " account's shell start-up counts here for model_sync and rsync alike)")  # fmt: skip
         t_fresh, again = best(args.repeat, lambda: run_sync(params, make_source(), False, False), close_connection)
         assert not again["changed"] and again["hashed_bytes"] == 0
         print(f"             model_sync (new ssh connection: one round trip) {t_fresh:.3f}s   "
               f"{t_check / t_fresh:.0f}x faster (goal >= 100x) {verdict(t_check / t_fresh >= 100)}")  # fmt: skip
+        handshake = [*ssh_e.split(), "-o", "ControlPath=none", ssh["host"], "true"]
+        t_hand, _ = best(max(3, args.repeat), lambda: run(handshake))
+        print(f"             (floor: a new connection, `ssh -o ControlPath=none HOST true`, {t_hand:.3f}s; rsync pays"
+              f" it too: 100x needs an `rsync --checksum` of {100 * t_hand:.0f}s or more)")  # fmt: skip
 
     files = [str(p) for p in (work / "dest").rglob("*") if p.is_file() and p.name != ".llmfleet-manifest.json"]
     listing = work / "files.txt"
