@@ -62,6 +62,31 @@ def module(args: argparse.Namespace, quants: list[str], parallel: int) -> tuple[
     return took, max(s.get("seconds", 0) for s in stages), max(s.get("quantize_seconds", 0) for s in stages)
 
 
+def on_target(args: argparse.Namespace) -> tuple[float, float]:
+    """The module run the way it runs on a target host: its file executed by python with its arguments in a
+    JSON file, no ansible controller beside it on these cores (``ansible localhost -m`` keeps the controller
+    polling its worker every millisecond, ``internal_poll_interval``, on the same two cores as llama.cpp).
+    Returns the stage's seconds and its quantize_seconds."""
+    params = {
+        "python": args.python, "name": "bench", "base_model": args.base, "converter_dir": args.converter,
+        "output_dir": args.work, "stages": ["quantize"], "force": True, "parallel": 1, "threads": args.threads,
+        "quantizations": ["Q4_K_M"],
+    }  # fmt: skip
+    argfile = Path(args.work).parent / "bench-module-args.json"
+    argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
+    env = dict(os.environ, PYTHONPATH=str(REPO / "collections"))
+    out = subprocess.run(
+        [sys.executable, str(REPO / "plugins/modules/model_quantize.py"), str(argfile)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    ).stdout
+    result = json.loads(out[out.index("{") :])
+    stages = [s for s in result["stages"] if s["stage"] == "quantize"]
+    return max(s.get("seconds", 0) for s in stages), max(s.get("quantize_seconds", 0) for s in stages)
+
+
 def direct(args: argparse.Namespace, qtype: str, ftype: int) -> float:
     src = Path(args.work) / "bench-F16.gguf"
     t0 = time.perf_counter()
@@ -84,9 +109,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
-    runs = [module(args, ["Q4_K_M"], 1) for _ in range(args.repeat)]
+    runs, targets, directs = [], [], []
+    for _ in range(args.repeat):  # interleaved, so that a slow minute of the machine hits each alike
+        directs.append(direct(args, "Q4_K_M", 15))
+        runs.append(module(args, ["Q4_K_M"], 1))
+        targets.append(on_target(args))
     mod, stage, quant = (min(r[i] for r in runs) for i in range(3))
-    dir_ = min(direct(args, "Q4_K_M", 15) for _ in range(args.repeat))
+    t_stage, t_quant = (min(r[i] for r in targets) for i in range(2))
+    dir_ = min(directs)
     three = ["Q4_K_M", "Q5_K_M", "Q8_0"]
     par = module(args, three, 0)[0]
     ser = module(args, three, 1)[0]
@@ -102,6 +132,10 @@ def main() -> None:
                 "ratio_whole_call": round(mod / dir_, 3),
                 "ratio_stage": round(stage / dir_, 3),
                 "ratio_quantize_only": round(quant / dir_, 3),
+                "on_target_stage_q4_k_m_s": round(t_stage, 2),
+                "on_target_quantize_only_q4_k_m_s": round(t_quant, 2),
+                "ratio_on_target_stage": round(t_stage / dir_, 3),
+                "ratio_on_target_quantize_only": round(t_quant / dir_, 3),
                 "three_parallel_s": round(par, 2),
                 "three_serial_s": round(ser, 2),
                 "parallel_speedup": round(ser / par, 3),
