@@ -64,9 +64,8 @@ def module(args: argparse.Namespace, quants: list[str], parallel: int) -> tuple[
 
 def on_target(args: argparse.Namespace) -> tuple[float, float]:
     """The module run the way it runs on a target host: its file executed by python with its arguments in a
-    JSON file, no ansible controller beside it on these cores (``ansible localhost -m`` keeps the controller
-    polling its worker every millisecond, ``internal_poll_interval``, on the same two cores as llama.cpp).
-    Returns the stage's seconds and its quantize_seconds."""
+    JSON file, no ansible controller process beside it on these cores. Returns the stage's seconds and its
+    quantize_seconds."""
     params = {
         "python": args.python, "name": "bench", "base_model": args.base, "converter_dir": args.converter,
         "output_dir": args.work, "stages": ["quantize"], "force": True, "parallel": 1, "threads": args.threads,
