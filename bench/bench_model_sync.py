@@ -54,6 +54,7 @@ from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_sync impor
 from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_sync_sources import (  # noqa: E402
     LocalSource,
     SshSource,
+    preferred_ciphers,
 )
 
 MiB = 1024 * 1024
@@ -277,6 +278,11 @@ def measure(args: argparse.Namespace, work: Path, data: Path, created: list[Path
     ratio = t_rsync / t_sync
     print(f"cold copy:   rsync -a {t_rsync:.2f}s   model_sync {t_sync:.2f}s (copy + sha256 of every file + swap)"
           f"   ratio {ratio:.2f} (goal >= 0.9) {verdict(ratio >= 0.9)}")  # fmt: skip
+    if ssh and preferred_ciphers():
+        ciphered = [*rsync_base[:-1], f"{ssh_e} -o Ciphers={','.join(preferred_ciphers())}"]
+        t_same, _ = best(args.repeat, lambda: run([*ciphered, *rsync_src, rsync_dest]), fresh_dest(work / "rsync-dest"))
+        print(f"             (rsync -a with model_sync's ssh cipher preference, {preferred_ciphers()[0]} first:"
+              f" {t_same:.2f}s, ratio {t_same / t_sync:.2f})")  # fmt: skip
 
     t_check, _ = best(args.repeat, lambda: run([*rsync_base, "--checksum", *rsync_src, rsync_dest]))
     t_noop, again = best(args.repeat, lambda: run_sync(params, make_source(), False, False))

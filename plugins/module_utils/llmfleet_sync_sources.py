@@ -355,6 +355,34 @@ CONTROL_PERSIST_S = 60
 CONTROL_PATH_MAX = 90  # a unix socket path has 108 bytes; ssh adds a 17-character suffix while it sets one up
 
 
+# OpenSSH's default ciphers with the AES-GCM ones first: with AES instructions (x86 AES-NI, the Arm crypto
+# extensions) they cost a fraction of chacha20-poly1305's CPU, which is what a transfer between two busy hosts
+# is short of (2 GB over ssh to 127.0.0.1 here: rsync -a 4.0-4.3 s with aes128-gcm, 5.5-8.0 s by default). The
+# same set as the default, so any server that takes the default takes this; a Ciphers in ``ssh_options`` wins.
+CIPHER_PREFERENCE = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes192-ctr",
+    "aes256-ctr",
+)
+_CIPHERS: list[list[str]] = []
+
+
+def preferred_ciphers() -> list[str]:
+    """CIPHER_PREFERENCE less what this ssh client does not know (``ssh -Q cipher``, asked once); [] (ssh's own
+    default) when ssh cannot say."""
+    if not _CIPHERS:
+        try:
+            known = subprocess.run(["ssh", "-Q", "cipher"], capture_output=True, text=True, timeout=10, check=False)
+            names = set(known.stdout.split()) if known.returncode == 0 else set()
+        except (OSError, subprocess.SubprocessError):
+            names = set()
+        _CIPHERS.append([name for name in CIPHER_PREFERENCE if name in names])
+    return _CIPHERS[0]
+
+
 def private_control_dir() -> str:
     """A directory for ssh control sockets that only this user can enter (created 0700 under the temporary directory;
     refused when it exists as anything else: a symlink, another owner, wider permissions)."""
@@ -405,6 +433,9 @@ class SshSource:
             opts += ["-i", self.key]
         for option in self.options:
             opts += ["-o", option]
+        ciphers = preferred_ciphers()
+        if ciphers:
+            opts += ["-o", "Ciphers=" + ",".join(ciphers)]
         control_path = self.control_path()
         if control_path:
             opts += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control_path}"]
