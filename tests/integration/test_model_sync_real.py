@@ -402,6 +402,21 @@ def test_ssh_sync_uses_one_connection_and_a_no_op_one_round_trip(sshd: dict, tmp
         source.close_shared_connection()
 
 
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [([], "aes128-gcm@openssh.com"), (["Ciphers=chacha20-poly1305@openssh.com"], "chacha20-poly1305@openssh.com")],
+)
+def test_ssh_prefers_aes_gcm_unless_ciphers_are_given(sshd: dict, extra: list[str], expected: str) -> None:
+    """The cipher the real sshd negotiates (ssh -v says it) with model_sync's options: AES-GCM first by default, a
+    Ciphers option of the user's taking its place."""
+    own = _ssh_args(sshd)
+    source = SshSource({**own, "ssh_options": [*own["ssh_options"], *extra], "src": "/"})
+    cmd = ["ssh", "-o", "ControlPath=none", "-v", *source.ssh_options(), "-p", str(own["remote_port"])]  # first wins
+    proc = subprocess.run([*cmd, "127.0.0.1", "true"], capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"cipher: {expected}" in proc.stderr, [line for line in proc.stderr.splitlines() if "cipher" in line]
+
+
 def test_ssh_missing_source_path_is_named(sshd: dict, tmp_path: Path) -> None:
     args = {"source": "ssh", "src": str(tmp_path / "nope"), "dest": str(tmp_path / "dest"), **_ssh_args(sshd)}
     result = run_module(model_sync.main, args)
