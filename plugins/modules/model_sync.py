@@ -105,8 +105,8 @@ options:
         C(ControlPersist=60)) through a socket in a directory only this user can enter
         (C(<tmpdir>/llmfleet-ssh-<uid>), mode 0700). These options come first, so C(ControlMaster=no) turns the
         sharing off.
-      - Ciphers are OpenSSH's default set with the AES-GCM ones first (those the local ssh knows, C(ssh -Q cipher)):
-        with AES instructions they take much less CPU than chacha20-poly1305. C(Ciphers=...) here replaces that.
+      - Ciphers are OpenSSH's default set with the AES-GCM ones first, less those the local C(ssh -Q cipher) does not
+        list; with AES instructions they take much less CPU than chacha20-poly1305. C(Ciphers=...) here replaces that.
     type: list
     elements: str
     default: []
