@@ -137,6 +137,17 @@ def start_sshd(work: Path, keep_bashrc: bool = False) -> tuple[subprocess.Popen[
     return proc, {"host": "127.0.0.1", "port": port, "key": str(work / "user_key")}, shell
 
 
+DROP_CACHES = "/proc/sys/vm/drop_caches"
+
+
+def drop_caches() -> None:
+    """Write back dirty pages, then drop the page cache, dentries and inodes, so that the next step reads from disk
+    as a no-op re-sync of a model larger than the memory left for the cache would."""
+    os.sync()
+    with open(DROP_CACHES, "w") as handle:
+        handle.write("3\n")
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
@@ -181,8 +192,15 @@ def main() -> None:
     parser.add_argument(
         "--keep-bashrc", action="store_true", help="with --start-sshd: ssh commands read your ~/.bashrc as it is"
     )
+    parser.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="drop the kernel's page, dentry and inode caches (root; the whole machine) before each timed no-op",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="time each step this many times, report the best")
     args = parser.parse_args()
+    if args.drop_caches and not os.access(DROP_CACHES, os.W_OK):
+        sys.exit(f"--drop-caches: {DROP_CACHES} is not writable here (it needs root, outside a read-only /proc)")
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-model-sync-"))
     data = args.data or work / "src"
@@ -284,8 +302,11 @@ def measure(args: argparse.Namespace, work: Path, data: Path, created: list[Path
         print(f"             (rsync -a with model_sync's ssh cipher preference, {preferred_ciphers()[0]} first:"
               f" {t_same:.2f}s, ratio {t_same / t_sync:.2f})")  # fmt: skip
 
-    t_check, _ = best(args.repeat, lambda: run([*rsync_base, "--checksum", *rsync_src, rsync_dest]))
-    t_noop, again = best(args.repeat, lambda: run_sync(params, make_source(), False, False))
+    cold = drop_caches if args.drop_caches else None
+    t_check, _ = best(args.repeat, lambda: run([*rsync_base, "--checksum", *rsync_src, rsync_dest]), cold)
+    t_noop, again = best(args.repeat, lambda: run_sync(params, make_source(), False, False), cold)
+    if args.drop_caches:
+        print("no-op steps: the page, dentry and inode caches dropped before each (--drop-caches)")
     assert not again["changed"] and again["hashed_bytes"] == 0
     label = "model_sync" if not ssh else "model_sync (shared ssh connection still open, a rerun within 60 s)"
     print(f"no-op:       rsync -a --checksum {t_check:.3f}s   {label} {t_noop:.3f}s   "
@@ -294,7 +315,13 @@ def measure(args: argparse.Namespace, work: Path, data: Path, created: list[Path
         t_floor, _ = best(max(3, args.repeat), lambda: out["source"].ssh("true"))
         print(f"             (floor: one command over the open connection, `ssh HOST true`, {t_floor:.3f}s: the remote"
               " account's shell start-up counts here for model_sync and rsync alike)")  # fmt: skip
-        t_fresh, again = best(args.repeat, lambda: run_sync(params, make_source(), False, False), close_connection)
+
+        def fresh_start() -> None:
+            close_connection()
+            if cold is not None:
+                cold()
+
+        t_fresh, again = best(args.repeat, lambda: run_sync(params, make_source(), False, False), fresh_start)
         assert not again["changed"] and again["hashed_bytes"] == 0
         print(f"             model_sync (new ssh connection: one round trip) {t_fresh:.3f}s   "
               f"{t_check / t_fresh:.0f}x faster (goal >= 100x) {verdict(t_check / t_fresh >= 100)}")  # fmt: skip
