@@ -13,6 +13,7 @@ from __future__ import annotations
 import decimal
 import errno
 import fnmatch
+import functools
 import hashlib
 import http.client
 import json
@@ -367,20 +368,18 @@ CIPHER_PREFERENCE = (
     "aes192-ctr",
     "aes256-ctr",
 )
-_CIPHERS: list[list[str]] = []
 
 
-def preferred_ciphers() -> list[str]:
-    """CIPHER_PREFERENCE less what this ssh client does not know (``ssh -Q cipher``, asked once); [] (ssh's own
+@functools.lru_cache(maxsize=1)
+def preferred_ciphers() -> tuple[str, ...]:
+    """CIPHER_PREFERENCE less what this ssh client does not know (``ssh -Q cipher``, asked once); () (ssh's own
     default) when ssh cannot say."""
-    if not _CIPHERS:
-        try:
-            known = subprocess.run(["ssh", "-Q", "cipher"], capture_output=True, text=True, timeout=10, check=False)
-            names = set(known.stdout.split()) if known.returncode == 0 else set()
-        except (OSError, subprocess.SubprocessError):
-            names = set()
-        _CIPHERS.append([name for name in CIPHER_PREFERENCE if name in names])
-    return _CIPHERS[0]
+    try:
+        known = subprocess.run(["ssh", "-Q", "cipher"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    names = set(known.stdout.split()) if known.returncode == 0 else set()
+    return tuple(name for name in CIPHER_PREFERENCE if name in names)
 
 
 def private_control_dir() -> str:
