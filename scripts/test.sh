@@ -116,6 +116,9 @@ lab_e2e() {
   lab_second_pass_and_check
   stage "lab: endpoint health (a real completion must answer Paris)"
   llmfleet lab status
+  # What that table was made of (one JSON file per host): tests/integration/test_lab_endpoints.py
+  # checks it covers every record of the endpoint registry.
+  export LLMFLEET_TEST_HEALTH_DIR="$PWD/artifacts/health"
   local addr key
   addr=$(docker inspect -f "{{(index .NetworkSettings.Networks \"llmfleet-$LLMFLEET_LAB\").IPAddress}}" test-inference-1)
   key=$(docker exec test-inference-1 cat /etc/vllm/smollm2.apikey)

@@ -173,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     _playbook_args(p, None)
     p.set_defaults(func=cmd_deploy)
 
-    p = sub.add_parser("health", help="health of every vLLM endpoint in an inventory (a table)")
+    p = sub.add_parser(
+        "health", help="health of every endpoint of the fleet (vLLM, Slurm jobs, llama.cpp servers, the gateway)"
+    )
     p.add_argument("-i", "--inventory")
     p.add_argument("--json", action="store_true")
     p.add_argument("--lab", action="store_true", help="address lab hosts by their container IP")

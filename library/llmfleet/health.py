@@ -1,4 +1,8 @@
-"""Fleet health: run the health runbook through ansible-runner and print a table of endpoints."""
+"""Fleet health: run the health runbook through ansible-runner and print a table of endpoints.
+
+The rows are the fleet's endpoint registry (every vLLM instance, Slurm job, pipeline llama.cpp
+server, the gateway; Kubernetes instances listed as rendered), each checked on the host that owns it.
+"""
 
 from __future__ import annotations
 
@@ -23,10 +27,8 @@ def collect(report_dir: Path) -> list[dict]:
     return rows
 
 
-def _lab_address(host: str) -> str | None:
-    from llmfleet.lab import containers as lab
-
-    return lab.container_address(host)
+# Rows that are listed but not checked here (a Kubernetes instance only rendered, or inside a cluster).
+NOT_CHECKED = ("rendered", "not checked")
 
 
 def run_and_print(inventory: str | None, as_json: bool, lab: bool) -> int:
@@ -41,11 +43,6 @@ def run_and_print(inventory: str | None, as_json: bool, lab: bool) -> int:
     )
     rc, summary, path = runner.run(req)
     rows = collect(report_dir)
-    if lab or inventory is None:
-        for row in rows:
-            row["address"] = _lab_address(row["host"]) or row["address"]
-    for row in rows:
-        row["endpoint"] = f"{row.get('scheme', 'http')}://{row['address']}:{row['port']}/v1"
     if as_json:
         print(json.dumps(rows, indent=2))
     else:
@@ -54,13 +51,13 @@ def run_and_print(inventory: str | None, as_json: bool, lab: bool) -> int:
         runner.print_summary(summary, path)
         return rc
     if not rows:
-        print("llmfleet: no vLLM instances in the inventory")
+        print("llmfleet: no endpoints in the inventory")
         return 1
-    return 0 if all(r.get("status") == "healthy" for r in rows) else 1
+    return 0 if all(r.get("status") in ("healthy", *NOT_CHECKED) for r in rows) else 1
 
 
 def print_table(rows: list[dict]) -> None:
-    headers = ["host", "instance", "model", "endpoint", "status", "latency", "answer"]
+    headers = ["host", "instance", "kind", "model", "endpoint", "status", "latency", "answer"]
     table = []
     for r in rows:
         comp = r.get("completion") or {}
@@ -72,8 +69,9 @@ def print_table(rows: list[dict]) -> None:
             [
                 r["host"],
                 r["name"],
+                f"{r.get('kind', '?')}/{r.get('runtime', '?')}",
                 r["model"],
-                r["endpoint"],
+                r.get("endpoint") or "-",
                 r.get("status", "?"),
                 f"{latency:.2f}s" if isinstance(latency, (int, float)) else "-",
                 answer,

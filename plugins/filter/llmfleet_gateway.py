@@ -1,10 +1,9 @@
 """Jinja filters that build the model gateway's configuration from the catalog and the inventory.
 
-Nothing is typed twice: every backend of a model comes from where it is already described —
-``vllm_service_instances`` of every inference host, the Slurm job of every login host (its
-connection info, read on the login host at each converge), the llama.cpp servers of every
-workstation's model pipeline, ``model_gateway_external_backends`` (endpoints outside the
-inventory), rows added with ``llmfleet models add`` — and its costs from ``fleet_models``. Backend
+Nothing is typed twice: every backend of a model is a record of the fleet's endpoint registry
+(``fleet_endpoints``, plugins/filter/llmfleet_endpoints.py: vLLM instances, Slurm jobs, pipeline
+llama.cpp servers, Kubernetes Services), an entry of ``model_gateway_external_backends`` (endpoints
+outside the inventory) or a row added with ``llmfleet models add``; costs come from ``fleet_models``. Backend
 API keys never enter the rendered config: a keyed backend's ``api_key`` is a placeholder, and the
 proxy's callback (roles/model_gateway/files/llmfleet_backend_keys.py) puts the key from the
 gateway's 0600 ``backend_keys.json`` into each request, re-reading that file when it changes, so a
@@ -14,17 +13,22 @@ backend key is rotated without restarting the proxy.
 from __future__ import annotations
 
 import base64
-import json
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from ansible.errors import AnsibleFilterError
-from ansible.module_utils.parsing.convert_bool import boolean
 
-try:  # the collection's own import path (ansible); tests put plugins/filter on sys.path
-    from ansible_collections.llmfleet.fleet.plugins.filter.llmfleet_model_pipeline import model_pipeline_servers
+try:  # the collection's own import path (ansible); tests put the collection on sys.path
+    from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_endpoint import (
+        catalog_costs,
+        endpoint,
+        host_address,
+    )
 except ImportError:  # pragma: no cover
-    from llmfleet_model_pipeline import model_pipeline_servers
+    from llmfleet_endpoint import catalog_costs, endpoint, host_address
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 # LiteLLM's provider prefix for an OpenAI-compatible backend by kind.
 PROVIDERS = {"vllm": "hosted_vllm", "openai": "openai", "llamacpp": "openai"}
@@ -36,24 +40,10 @@ BACKEND_KEY_PLACEHOLDER = "llmfleet-backend-keys-file"
 BACKEND_KEYS_CALLBACK = "llmfleet_backend_keys.backend_keys"
 
 
-# Role defaults the backends of other roles' hosts are found with (role defaults are not in hostvars).
-# tests/unit/test_gateway_filters.py checks each against the role's defaults/main.yml.
-SLURM_SHARED_DIR = "/projects/{user}/llmfleet"  # slurm_job_shared_dir: /projects/<ansible_user or llm>/llmfleet
-SLURM_JOB_NAME = "vllm-{instance}"  # slurm_job_name: vllm-<slurm_job_instance.name or server>
-PIPELINE_SERVE_FORMATS = ["Q4_K_M", "Q5_K_M", "Q8_0", "F16"]  # model_pipeline_serve_formats
-PIPELINE_SERVER_HOST = "0.0.0.0"  # model_pipeline_server_host
-
-
-def _host_address(host: str, hv: Any) -> str:
-    """Where peers reach a host's services: fleet_service_address, else its default IPv4, else its name."""
-    facts = hv.get("ansible_facts") or {}
-    return hv.get("fleet_service_address") or (facts.get("default_ipv4") or {}).get("address") or host
-
-
 def _catalog_entry(models: dict, name: str, where: str) -> dict:
-    if name not in models:
+    if name not in (models or {}):
         raise AnsibleFilterError(
-            f"{where}: model {name!r} is not in fleet_models (known: {', '.join(sorted(models)) or 'none'})"
+            f"{where}: model {name!r} is not in fleet_models (known: {', '.join(sorted(models or {})) or 'none'})"
         )
     return models[name] or {}
 
@@ -62,9 +52,7 @@ def _catalog_fields(name: str, entry: dict) -> dict:
     return {
         "source": "catalog",
         "served_name": str(entry.get("served_name") or name),
-        "display_name": str(entry.get("display_name") or entry.get("served_name") or name),
-        "input_cost": float(entry.get("cost_per_million_input_tokens") or 0),
-        "output_cost": float(entry.get("cost_per_million_output_tokens") or 0),
+        **catalog_costs(name, entry),
     }
 
 
@@ -98,177 +86,74 @@ def gateway_registry_backends(rows: list[dict], models: dict) -> list[dict]:
     return backends
 
 
-def _instance_backend(host: str, inst: dict, entry: dict, api_base: str, key_file: str) -> dict:
-    """One vLLM instance (vllm_service or vllm_kubernetes keys) as a backend."""
-    served = inst.get("served_model_name") or entry.get("served_name") or inst["model"]
-    served = served if isinstance(served, str) else next(iter(served))
-    return {
-        "id": f"{host}/{inst['name']}",
-        "kind": "vllm",
-        "host": host,
-        "instance": inst["name"],
-        "model": inst["model"],
-        "backend_model": str(served),
-        "api_base": api_base,
-        "key_file": key_file,
-        "api_key": inst.get("api_key") or "",
-        **_catalog_fields(inst["model"], entry),
-    }
-
-
-def gateway_vllm_backends(hosts: list[str], hostvars: Any, models: dict) -> list[dict]:
-    """Every vllm_service instance of ``hosts``, as a backend: host, instance, address, port, model.
-
-    The address is the host's ``fleet_service_address`` (the address peers reach its services at),
-    else its default IPv4 address from facts, else its inventory name.
-    """
-    backends = []
-    for host in hosts:
-        hv = hostvars[host]
-        address = _host_address(host, hv)
-        config_dir = hv.get("vllm_service_config_dir") or "/etc/vllm"
-        for index, inst in enumerate(hv.get("vllm_service_instances") or []):
-            where = f"host {host}: vllm_service_instances[{index}] ({inst.get('name')})"
-            entry = _catalog_entry(models, inst.get("model"), where)
-            backends.append(
-                _instance_backend(
-                    host, inst, entry, f"http://{address}:{int(inst['port'])}/v1", f"{config_dir}/{inst['name']}.apikey"
-                )
-            )
-    return backends
-
-
-def gateway_k8s_backends(clusters: list[str], hostvars: Any, models: dict) -> list[dict]:
-    """Every vllm_kubernetes instance of the ``clusters`` the role applies to, as a backend: its
-    ClusterIP Service (``http://vllm-<instance>.<namespace>.svc.<domain>:<port>/v1``), its key from
-    the controller's key directory. A cluster only rendered (vllm_kubernetes_apply false) serves
-    nothing and gives no backend."""
-    backends = []
-    for cluster in clusters:
-        hv = hostvars[cluster]
-        if not hv.get("vllm_kubernetes_apply", True):
-            continue
-        namespace = hv.get("vllm_kubernetes_namespace") or "llm"
-        domain = hv.get("vllm_kubernetes_cluster_domain") or "cluster.local"
-        key_dir = hv.get("vllm_kubernetes_key_dir") or ""
-        for index, inst in enumerate(hv.get("vllm_kubernetes_instances") or []):
-            where = f"host {cluster}: vllm_kubernetes_instances[{index}] ({inst.get('name')})"
-            entry = _catalog_entry(models, inst.get("model"), where)
-            service = "vllm-" + str(inst["name"]).replace("_", "-").lower()
-            backends.append(
-                _instance_backend(
-                    cluster,
-                    inst,
-                    entry,
-                    f"http://{service}.{namespace}.svc.{domain}:{int(inst['port'])}/v1",
-                    f"{key_dir}/{inst['name']}.apikey" if key_dir else "",
-                )
-            )
-    return backends
-
-
-def gateway_slurm_jobs(login_hosts: list[str], hostvars: Any, models: dict) -> list[dict]:
-    """The Slurm job of each login host that serves one (slurm_job_state present, slurm_job_serve true,
-    an instance set): the login host, the job's name, its catalog model and where its connection info
-    is (``<slurm_job_shared_dir>/jobs/<slurm_job_name>/connection.json``, as the slurm_job role writes
-    it). The gateway reads that file on the login host (the job's node and port change when it is
-    resubmitted) and makes the backend with ``gateway_slurm_backends``."""
-    jobs = []
-    for host in login_hosts or []:
-        hv = hostvars[host]
-        inst = hv.get("slurm_job_instance") or {}
-        serving = boolean(hv.get("slurm_job_serve", True), strict=False)
-        if not inst or hv.get("slurm_job_state", "present") != "present" or not serving:
-            continue
-        where = f"host {host}: slurm_job_instance ({inst.get('name')})"
-        entry = _catalog_entry(models, inst.get("model"), where)
-        shared = hv.get("slurm_job_shared_dir") or SLURM_SHARED_DIR.format(user=hv.get("ansible_user") or "llm")
-        name = hv.get("slurm_job_name") or SLURM_JOB_NAME.format(instance=inst.get("name") or "server")
-        jobs.append(
-            {
-                "host": host,
-                "job_name": str(name),
-                "info_file": f"{str(shared).rstrip('/')}/jobs/{name}/connection.json",
-                "url": str(hv.get("slurm_job_gateway_url") or ""),
-                "api_key": str(hv.get("slurm_job_api_key") or inst.get("api_key") or ""),
-                "model": inst["model"],
-                "served_name": str(inst.get("served_model_name") or entry.get("served_name") or inst["model"]),
-            }
+def gateway_endpoints(host: str, hostvars: Any, models: dict) -> list[dict]:
+    """The endpoint record of a gateway host (``hostvars``: its variables, role defaults included):
+    the proxy's OpenAI API at ``model_gateway_scheme``://(its listen address, or the host's service
+    address when it listens everywhere):``model_gateway_port``; its master key given in the
+    inventory, else kept on the host (``<model_gateway_config_dir>/keys/master.key``). It answers
+    to every served name of the catalog."""
+    listen = str(hostvars.get("model_gateway_listen") or "0.0.0.0")
+    address = listen if listen not in ("0.0.0.0", "::") else host_address(host, hostvars)
+    scheme = str(hostvars.get("model_gateway_scheme") or "http")
+    served = [str((e or {}).get("served_name") or name) for name, e in (models or {}).items()]
+    config_dir = str(hostvars.get("model_gateway_config_dir") or "/etc/llmfleet-gateway")
+    master = str(hostvars.get("model_gateway_master_key") or "")
+    return [
+        endpoint(
+            kind="gateway",
+            runtime="systemd",
+            host=host,
+            instance="gateway",
+            model="",
+            served=served,
+            base_url=f"{scheme}://{address}:{int(hostvars.get('model_gateway_port') or 4000)}/v1",
+            costs=catalog_costs("gateway", {}),
+            key_file="" if master else f"{config_dir}/keys/master.key",
+            api_key=master,
+            systemd_unit="llmfleet-gateway.service",
         )
-    return jobs
+    ]
 
 
-def gateway_slurm_backends(info_reads: list[dict], models: dict) -> list[dict]:
-    """A backend per Slurm job whose connection info was read (slurp results, looped over
-    ``gateway_slurm_jobs``): at the job's head node (its address as the node resolves it, else its
-    name) and port, or at the login host's ``slurm_job_gateway_url`` when given; the key from the
-    inventory, else the job's key file on the login host. A job with no connection info (not
-    submitted yet, or not running) gives no backend."""
+def gateway_backends(records: list[dict], models: dict) -> list[dict]:
+    """The backends the gateway routes to: every endpoint record that serves a model (not the
+    gateway itself, not a Kubernetes cluster only rendered, not a Slurm job whose connection info
+    gave no address yet). Clients ask for the catalog's served name; the backend is asked for its
+    own (``backend_model``). A pipeline llama.cpp server listening on loopback only is refused: the
+    gateway cannot reach it."""
     backends = []
-    for result in info_reads or []:
-        job = result["item"]
-        content = result.get("content")
-        if result.get("failed") or not content:
+    for record in records or []:
+        if record["kind"] == "gateway" or not record["applied"] or not record["base_url"]:
             continue
-        info = json.loads(base64.b64decode(content))
-        if not info.get("url") and not job["url"]:  # a job that does not serve (slurm_job_serve false)
-            continue
-        served = info.get("served_model_names") or [job["served_name"]]
-        address = info.get("address") or info["node"]
+        if record["kind"] == "llamacpp" and urlsplit(record["base_url"]).hostname in LOOPBACK:
+            raise AnsibleFilterError(
+                f"host {record['host']}: model_pipeline_server_host is {urlsplit(record['base_url']).hostname}, so "
+                "the gateway cannot reach its llama.cpp servers; set it to an address the gateway host reaches (or "
+                "0.0.0.0), or leave the host out of model_gateway_workstations"
+            )
+        entry = (
+            _catalog_entry(models, record["model"], f"host {record['host']}: {record['instance']}")
+            if (record["kind"] == "vllm")
+            else (models or {}).get(record["model"]) or {}
+        )
         backends.append(
             {
-                "id": f"{job['host']}/{job['job_name']}",
-                "kind": "vllm",
-                "host": job["host"],
-                "instance": job["job_name"],
-                "model": job["model"],
-                "backend_model": str(served[0]),
-                "api_base": (job["url"] or f"http://{address}:{int(info['port'])}/v1").rstrip("/"),
-                "key_file": "" if job["api_key"] else str(info.get("api_key_file") or ""),
-                "api_key": job["api_key"],
-                **_catalog_fields(job["model"], models.get(job["model"]) or {}),
+                "id": record["id"],
+                "kind": record["kind"],
+                "host": record["host"],
+                "instance": record["instance"],
+                "model": record["model"],
+                "backend_model": record["served_names"][0],
+                "api_base": record["base_url"],
+                "key_file": record["key_file"],
+                "api_key": record["api_key"],
+                "source": "catalog",
+                "served_name": str(entry.get("served_name") or record["model"]),
+                "display_name": record["display_name"],
+                "input_cost": record["input_cost"],
+                "output_cost": record["output_cost"],
             }
         )
-    return backends
-
-
-def gateway_pipeline_backends(workstations: list[str], hostvars: Any, models: dict) -> list[dict]:
-    """The llama.cpp servers of every workstation's model pipeline (one per model and served format,
-    as model_pipeline runs them), at the host's fleet_service_address, else its default IPv4 address.
-    Each is a model of its own (its served name, ``<name>-<format>``), with no key; costs from a
-    catalog entry of that name when there is one, else none. A workstation whose servers listen on
-    loopback only (model_pipeline_server_host 127.0.0.1) is refused: the gateway cannot reach them."""
-    backends = []
-    for host in workstations or []:
-        hv = hostvars[host]
-        listen = str(hv.get("model_pipeline_server_host") or PIPELINE_SERVER_HOST)
-        formats = hv.get("model_pipeline_serve_formats") or PIPELINE_SERVE_FORMATS
-        servers = model_pipeline_servers(hv.get("model_pipeline_models") or [], formats, "", "", "")
-        if servers and listen in ("127.0.0.1", "localhost", "::1"):
-            raise AnsibleFilterError(
-                f"host {host}: model_pipeline_server_host is {listen}, so the gateway cannot reach its llama.cpp "
-                "servers; set it to an address the gateway host reaches (or 0.0.0.0), or leave the host out of "
-                "model_gateway_workstations"
-            )
-        address = listen if listen not in ("0.0.0.0", "::") else _host_address(host, hv)
-        for server in servers:
-            served = server["served_name"]
-            entry = (models or {}).get(served) or {}
-            backends.append(
-                {
-                    "id": f"{host}/llamacpp-{served}",
-                    "kind": "llamacpp",
-                    "host": host,
-                    "instance": served,
-                    "model": served,
-                    "backend_model": served,
-                    "api_base": f"http://{address}:{server['port']}/v1",
-                    "key_file": "",
-                    "api_key": "",
-                    **_catalog_fields(served, entry),
-                    "display_name": str(entry.get("display_name") or f"{server['model']} ({server['format']})"),
-                }
-            )
     return backends
 
 
@@ -451,12 +336,9 @@ def gateway_rows_with_health(probes: list[dict]) -> list[dict]:
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
-            "gateway_vllm_backends": gateway_vllm_backends,
             "gateway_external_backends": gateway_external_backends,
-            "gateway_k8s_backends": gateway_k8s_backends,
-            "gateway_slurm_jobs": gateway_slurm_jobs,
-            "gateway_slurm_backends": gateway_slurm_backends,
-            "gateway_pipeline_backends": gateway_pipeline_backends,
+            "gateway_backends": gateway_backends,
+            "gateway_endpoints": gateway_endpoints,
             "gateway_health_url": gateway_health_url,
             "gateway_with_keys": gateway_with_keys,
             "gateway_config": gateway_config,

@@ -16,7 +16,13 @@ from ansible.errors import AnsibleFilterError
 
 try:  # the collection's own import path (ansible); tests put plugins/filter on sys.path
     from ansible_collections.llmfleet.fleet.plugins.filter.llmfleet_vllm import resolve_instance
+    from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_endpoint import (
+        catalog_costs,
+        endpoint,
+        served_names,
+    )
 except ImportError:  # pragma: no cover
+    from llmfleet_endpoint import catalog_costs, endpoint, served_names
     from llmfleet_vllm import resolve_instance
 
 APP = "vllm"
@@ -349,6 +355,46 @@ def k8s_redacted(manifest: dict, note: str) -> dict:
     return {**manifest, "stringData": {key: note for key in manifest.get("stringData") or {}}}
 
 
+def k8s_endpoints(cluster: str, hostvars: Any, models: dict) -> list[dict]:
+    """The endpoint records of a Kubernetes cluster entry (``hostvars``: its variables, role defaults
+    included): one per instance, its ClusterIP Service
+    (``http://vllm-<instance>.<namespace>.svc.<domain>:<port>/v1``), its key in the controller's key
+    directory. A cluster only rendered (``vllm_kubernetes_apply`` false) gives records marked
+    ``applied: false``: they serve nothing and no consumer routes to or scrapes them."""
+    namespace = str(hostvars.get("vllm_kubernetes_namespace") or "llm")
+    domain = str(hostvars.get("vllm_kubernetes_cluster_domain") or "cluster.local")
+    key_dir = str(hostvars.get("vllm_kubernetes_key_dir") or "")
+    applied = bool(hostvars.get("vllm_kubernetes_apply", True))
+    records = []
+    for index, inst in enumerate(hostvars.get("vllm_kubernetes_instances") or []):
+        model = inst.get("model")
+        if model not in (models or {}):
+            raise AnsibleFilterError(
+                f"host {cluster}: vllm_kubernetes_instances[{index}] ({inst.get('name')}): model {model!r} is not "
+                f"in fleet_models (known: {', '.join(sorted(models or {})) or 'none'})"
+            )
+        entry = models[model] or {}
+        service = k8s_name(inst["name"])
+        records.append(
+            endpoint(
+                kind="vllm",
+                runtime="kubernetes",
+                host=cluster,
+                instance=str(inst["name"]),
+                model=str(model),
+                served=served_names(inst, entry, model),
+                base_url=f"http://{service}.{namespace}.svc.{domain}:{int(inst['port'])}/v1",
+                costs=catalog_costs(model, entry),
+                key_file=f"{key_dir}/{inst['name']}.apikey" if key_dir else "",
+                key_on="controller",
+                api_key=str(inst.get("api_key") or ""),
+                scrape_auth="bearer",
+                applied=applied,
+            )
+        )
+    return records
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -358,4 +404,5 @@ class FilterModule:
             "k8s_schema_errors": k8s_schema_errors,
             "k8s_schema_skipped": k8s_schema_skipped,
             "k8s_redacted": k8s_redacted,
+            "k8s_endpoints": k8s_endpoints,
         }

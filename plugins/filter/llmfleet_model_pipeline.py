@@ -11,6 +11,17 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
+try:  # the collection's own import path (ansible); tests put the collection on sys.path
+    from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_endpoint import (
+        catalog_costs,
+        endpoint,
+        host_address,
+    )
+except ImportError:  # pragma: no cover
+    from llmfleet_endpoint import catalog_costs, endpoint, host_address
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
 
 def model_pipeline_catalog(models: list[dict], catalog: dict) -> dict:
     """``fleet_models`` plus an ssh source entry per adapter."""
@@ -89,6 +100,38 @@ def model_pipeline_endpoints(servers: list[dict], address: str) -> list[dict[str
     ]
 
 
+def model_pipeline_endpoints_of(host: str, hostvars: Any, models: dict) -> list[dict]:
+    """The endpoint records of a workstation (``hostvars``: its variables, role defaults included):
+    one per llama.cpp server the pipeline runs (a model and a served format, at consecutive ports),
+    at the server's bind address, or the host's service address when it listens everywhere. Each is
+    a model of its own (its served name ``<name>-<format>``), costs from a catalog entry of that
+    name when there is one; no key."""
+    listen = str(hostvars.get("model_pipeline_server_host") or "0.0.0.0")
+    address = listen if listen not in ("0.0.0.0", "::") else host_address(host, hostvars)
+    formats = hostvars.get("model_pipeline_serve_formats") or []
+    records = []
+    for server in model_pipeline_servers(hostvars.get("model_pipeline_models") or [], formats, "", "", ""):
+        served = server["served_name"]
+        entry = (models or {}).get(served) or {}
+        costs = catalog_costs(served, entry)
+        costs["display_name"] = str(entry.get("display_name") or f"{server['model']} ({server['format']})")
+        records.append(
+            endpoint(
+                kind="llamacpp",
+                runtime="systemd",
+                host=host,
+                instance=served,
+                model=served,
+                served=[served],
+                base_url=f"http://{address}:{server['port']}/v1",
+                costs=costs,
+                systemd_unit=server["unit"],
+                record_id=f"{host}/llamacpp-{served}",
+            )
+        )
+    return records
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -96,4 +139,5 @@ class FilterModule:
             "model_pipeline_base_names": model_pipeline_base_names,
             "model_pipeline_servers": model_pipeline_servers,
             "model_pipeline_endpoints": model_pipeline_endpoints,
+            "model_pipeline_endpoints_of": model_pipeline_endpoints_of,
         }

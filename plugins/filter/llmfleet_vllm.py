@@ -11,6 +11,16 @@ from typing import Any
 
 from ansible.errors import AnsibleFilterError
 
+try:  # the collection's own import path (ansible); tests put the collection on sys.path
+    from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_endpoint import (
+        catalog_costs,
+        endpoint,
+        host_address,
+        served_names,
+    )
+except ImportError:  # pragma: no cover
+    from llmfleet_endpoint import catalog_costs, endpoint, host_address, served_names
+
 # instance key -> vLLM flag, for options that take one value
 VALUE_FLAGS = {
     "dtype": "--dtype",
@@ -57,8 +67,7 @@ def resolve_instance(
     entry = models[model_name] or {}
     local_path = (local_paths or {}).get(model_name)
     source, source_args = _model_source(model_name, entry, local_path)
-    served = inst.get("served_model_name") or entry.get("served_name") or model_name
-    served_names = [served] if isinstance(served, str) else [str(s) for s in served]
+    served = served_names(inst, entry, model_name)
     if inst.get("max_model_len") is None and entry.get("context_length"):
         inst["max_model_len"] = entry["context_length"]
 
@@ -67,7 +76,7 @@ def resolve_instance(
         source,
         *source_args,
         "--served-model-name",
-        *served_names,
+        *served,
         "--host",
         str(inst.get("host", "0.0.0.0")),
         "--port",
@@ -98,7 +107,7 @@ def resolve_instance(
         "name": inst["name"],
         "port": int(inst["port"]),
         "host": str(inst.get("host", "0.0.0.0")),
-        "served_names": served_names,
+        "served_names": served,
         "model": model_name,
         "model_source": source,
         "model_is_path": bool(local_path or (entry.get("source") or {}).get("path")),
@@ -107,6 +116,42 @@ def resolve_instance(
         "gpu_ids": [int(g) for g in inst.get("gpu_ids") or []],
         "api_key": inst.get("api_key") or "",
     }
+
+
+def vllm_service_endpoints(host: str, hostvars: Any, models: dict) -> list[dict]:
+    """The endpoint records of a vllm_service host (``hostvars``: its variables, role defaults
+    included): one per instance, at the host's service address and the instance's port, its key in
+    ``<vllm_service_config_dir>/<instance>.apikey`` on the host unless the inventory gives it."""
+    address = host_address(host, hostvars)
+    runtime = str(hostvars.get("vllm_service_runtime") or "systemd")
+    config_dir = str(hostvars.get("vllm_service_config_dir") or "/etc/vllm")
+    records = []
+    for index, inst in enumerate(hostvars.get("vllm_service_instances") or []):
+        model = inst.get("model")
+        if model not in (models or {}):
+            raise AnsibleFilterError(
+                f"host {host}: vllm_service_instances[{index}] ({inst.get('name')}): model {model!r} is not in "
+                f"fleet_models (known: {', '.join(sorted(models or {})) or 'none'})"
+            )
+        entry = models[model] or {}
+        records.append(
+            endpoint(
+                kind="vllm",
+                runtime=runtime,
+                host=host,
+                instance=str(inst["name"]),
+                model=str(model),
+                served=served_names(inst, entry, model),
+                base_url=f"http://{address}:{int(inst['port'])}/v1",
+                costs=catalog_costs(model, entry),
+                key_file=f"{config_dir}/{inst['name']}.apikey",
+                api_key=str(inst.get("api_key") or ""),
+                scrape_auth="bearer",
+                systemd_unit=f"vllm-{inst['name']}.service" if runtime == "systemd" else "",
+                container=f"vllm-{inst['name']}" if runtime == "docker" else "",
+            )
+        )
+    return records
 
 
 def _canonical(name: str) -> str:
@@ -181,4 +226,5 @@ class FilterModule:
             "pip_missing": pip_missing,
             "vllm_with_api_keys": vllm_with_api_keys,
             "vllm_backups": vllm_backups,
+            "vllm_service_endpoints": vllm_service_endpoints,
         }

@@ -177,21 +177,8 @@ def _has_data(result: list) -> bool:
     return any(not math.isnan(float(s["value"][1])) for s in result)
 
 
-def test_every_inventory_instance_is_scraped_and_up(lab):
-    body = _get(f"{lab['prometheus']}/api/v1/targets?state=active")
-    targets = {
-        (t["labels"].get("host"), t["labels"].get("instance")): t
-        for t in body["data"]["activeTargets"]
-        if t["labels"].get("job") == "vllm"
-    }
-    expected = {
-        (host, inst["name"])
-        for host in lab["inventory"].get("inference_nodes", {}).get("hosts", [])
-        for inst in lab["hostvars"][host].get("vllm_service_instances", [])
-    }
-    assert expected and set(targets) == expected
-    down = {k: t["lastError"] for k, t in targets.items() if t["health"] != "up"}
-    assert not down, f"vLLM targets not up: {down}"
+# That every endpoint of the registry (vLLM instances, the Slurm job) is a target and up:
+# tests/integration/test_lab_endpoints.py.
 
 
 def test_every_dashboard_panel_returns_data(lab, traffic):

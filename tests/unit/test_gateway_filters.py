@@ -9,25 +9,20 @@ from pathlib import Path
 import pytest
 import yaml
 from ansible.errors import AnsibleFilterError
+from llmfleet_endpoints import fleet_endpoints
 from llmfleet_gateway import (
-    PIPELINE_SERVE_FORMATS,
-    PIPELINE_SERVER_HOST,
-    SLURM_JOB_NAME,
-    SLURM_SHARED_DIR,
     gateway_backend_keys,
+    gateway_backends,
     gateway_clients,
     gateway_config,
     gateway_external_backends,
     gateway_health_url,
     gateway_kept_key_names,
-    gateway_pipeline_backends,
     gateway_registry_backends,
     gateway_registry_rows,
-    gateway_slurm_backends,
-    gateway_slurm_jobs,
-    gateway_vllm_backends,
     gateway_with_keys,
 )
+from llmfleet_slurm_job import slurm_job_endpoints_with_info
 from llmfleet_vllm import pip_missing
 
 MODELS = {
@@ -48,6 +43,27 @@ HOSTVARS = {
         "vllm_service_instances": [{"name": "d", "model": "smol", "port": 8300, "api_key": "given"}],
     },
 }
+
+
+def _records(group: str, hosts: list[str], hostvars: dict, models: dict) -> list[dict]:
+    """The registry's records of ``hosts`` in ``group`` (each host's variables over its role's defaults)."""
+    return fleet_endpoints(hostvars, {group: hosts}, models)
+
+
+def gateway_vllm_backends(hosts: list[str], hostvars: dict, models: dict) -> list[dict]:
+    return gateway_backends(_records("inference_nodes", hosts, hostvars, models), models)
+
+
+def gateway_slurm_jobs(hosts: list[str], hostvars: dict, models: dict) -> list[dict]:
+    return _records("slurm_login", hosts, hostvars, models)
+
+
+def gateway_slurm_backends(reads: list[dict], models: dict) -> list[dict]:
+    return gateway_backends(slurm_job_endpoints_with_info([r["item"] for r in reads], reads), models)
+
+
+def gateway_pipeline_backends(hosts: list[str], hostvars: dict, models: dict) -> list[dict]:
+    return gateway_backends(_records("model_workstations", hosts, hostvars, models), models)
 
 
 def _backends() -> list[dict]:
@@ -202,25 +218,21 @@ def _read(job: dict, info: dict | None) -> dict:
 
 def test_the_slurm_job_of_each_serving_login_host_is_found_where_slurm_job_writes_it():
     jobs = gateway_slurm_jobs(list(SLURM_HOSTVARS), SLURM_HOSTVARS, MODELS)
-    assert [(j["host"], j["job_name"], j["info_file"], j["model"]) for j in jobs] == [
+    assert [(j["host"], j["instance"], j["info_file"], j["model"]) for j in jobs] == [
         ("login-1", "vllm-s", "/projects/alice/llmfleet/jobs/vllm-s/connection.json", "smol"),
         ("login-2", "serve-big", "/scratch/llm/jobs/serve-big/connection.json", "big"),
     ]
-    assert jobs[1]["api_key"] == "from-vault" and jobs[1]["url"] == "http://hpc-gw:18000/v1/"
+    assert jobs[1]["api_key"] == "from-vault" and jobs[1]["base_url"] == "http://hpc-gw:18000/v1"
 
 
-def test_the_mirrored_role_defaults_are_the_roles_own():
-    slurm = yaml.safe_load((ROLES / "slurm_job" / "defaults" / "main.yml").read_text())
-    assert slurm["slurm_job_shared_dir"] == "/projects/{{ ansible_user | default('llm') }}/llmfleet"
-    assert SLURM_SHARED_DIR.format(user="{{ ansible_user | default('llm') }}") == slurm["slurm_job_shared_dir"]
-    assert slurm["slurm_job_name"] == "vllm-{{ slurm_job_instance.name | default('server') }}"
-    name = "{{ slurm_job_instance.name | default('server') }}"
-    assert SLURM_JOB_NAME.format(instance=name) == slurm["slurm_job_name"]
-    assert slurm["__slurm_job_info_file"] == "{{ __slurm_job_dir }}/connection.json"
-    assert slurm["__slurm_job_dir"] == "{{ slurm_job_shared_dir }}/jobs/{{ slurm_job_name }}"
-    pipeline = yaml.safe_load((ROLES / "model_pipeline" / "defaults" / "main.yml").read_text())
-    assert pipeline["model_pipeline_serve_formats"] == PIPELINE_SERVE_FORMATS
-    assert pipeline["model_pipeline_server_host"] == PIPELINE_SERVER_HOST
+def test_the_slurm_job_role_defaults_are_read_from_the_role_and_rendered_for_the_host():
+    # slurm_job_shared_dir and slurm_job_name are Jinja in roles/slurm_job/defaults/main.yml: the
+    # registry renders the role's own text against the host's variables (nothing retyped here).
+    defaults = yaml.safe_load((ROLES / "slurm_job" / "defaults" / "main.yml").read_text())
+    assert "{{" in defaults["slurm_job_shared_dir"] and "{{" in defaults["slurm_job_name"]
+    hostvars = {"login-6": {"slurm_job_instance": {"name": "z", "model": "smol"}}}
+    (job,) = gateway_slurm_jobs(["login-6"], hostvars, MODELS)
+    assert job["info_file"] == "/projects/llm/llmfleet/jobs/vllm-z/connection.json"
 
 
 def test_a_slurm_job_with_connection_info_is_a_backend_at_its_node_with_its_key():
@@ -228,6 +240,7 @@ def test_a_slurm_job_with_connection_info_is_a_backend_at_its_node_with_its_key(
     info = {"node": "c-7", "address": "10.3.0.7", "port": 8000, "url": "http://c-7:8000/v1",
             "api_key_file": "/projects/alice/llmfleet/jobs/vllm-s/api-key", "served_model_names": ["smol-135m"]}
     backends = gateway_slurm_backends([_read(jobs[0], info), _read(jobs[1], {**info, "address": None})], MODELS)
+    assert len(backends) == 2
     first, second = backends
     assert (first["id"], first["api_base"], first["backend_model"], first["host"]) == (
         "login-1/vllm-s", "http://10.3.0.7:8000/v1", "smol-135m", "login-1")
