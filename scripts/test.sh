@@ -42,8 +42,9 @@ durations() {
 lint() {
   stage "lint: ruff"
   ruff check .
-  stage "lint: yamllint"
+  stage "lint: yamllint; the vLLM instance keys of three argument specs match their one schema"
   yamllint -s .
+  python scripts/vllm_instance_specs.py --check
   stage "lint: ansible-lint (profile production)"
   ansible-lint
 }

