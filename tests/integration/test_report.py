@@ -32,7 +32,8 @@ def results_dir(tmp_path_factory: pytest.TempPathFactory, vllm_url: str, vllm_mo
     out = tmp_path_factory.mktemp("results")
     cfg = LoadConfig(url=vllm_url, api_key=vllm_api_key, model=vllm_model, output_len=8, ignore_eos=True, timeout=120)
     (out / "bench.json").write_text(json.dumps(run_load(cfg, synthetic_prompts(6, 24), [1, 3])))
-    items = load_items(str(REPO / "files" / "eval" / "basic_facts.jsonl"), need_expected=True)[:6]
+    eval_set = REPO / "roles" / "model_pipeline" / "files" / "eval" / "basic_facts.jsonl"
+    items = load_items(str(eval_set), need_expected=True)[:6]
     (out / "eval.json").write_text(
         json.dumps(evaluate([EvalEndpoint("lab-vllm", vllm_url, vllm_model, api_key=vllm_api_key)], items))
     )

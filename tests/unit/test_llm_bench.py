@@ -355,9 +355,8 @@ def test_parse_items_names_file_and_line() -> None:
 
 
 def test_shipped_eval_set_is_valid() -> None:
-    items = parse_items(
-        (REPO / "files" / "eval" / "basic_facts.jsonl").read_text().splitlines(), "basic_facts", need_expected=True
-    )
+    eval_set = REPO / "roles" / "model_pipeline" / "files" / "eval" / "basic_facts.jsonl"
+    items = parse_items(eval_set.read_text().splitlines(), "basic_facts", need_expected=True)
     assert len(items) >= 20
     assert len({i.id for i in items}) == len(items)
     assert {i.match for i in items} <= {"contains", "regex", "exact"}

@@ -91,7 +91,7 @@ def test_base_images_of_a_vllm_like_dockerfile(args: dict[str, str], expected: l
 
 
 def test_base_images_of_the_wheel_dockerfile() -> None:
-    text = (REPO / "files/vllm_image/wheel.Dockerfile").read_text()
+    text = (REPO / "roles/vllm_build/files/wheel.Dockerfile").read_text()
     assert dockerfile_base_images(text, {"BASE_IMAGE": "llmfleet/debian:bookworm"}) == ["llmfleet/debian:bookworm"]
     assert dockerfile_stages(text) == ["venv", "vllm-openai"]
     assert needs_buildkit(text) is None
