@@ -29,9 +29,8 @@ def _members(inventory: dict, group: str, seen: set[str] | None = None) -> list[
     return list(dict.fromkeys(hosts))
 
 
-def registry(inventory_path: Path) -> list[dict]:
-    """Every endpoint record of the inventory (a Slurm job's address is unknown here: it comes from
-    the job's connection info on the login host)."""
+def inventory_list(inventory_path: Path) -> dict:
+    """``ansible-inventory --list`` of the inventory: its groups and, under ``_meta``, its hostvars."""
     result = subprocess.run(
         [str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(inventory_path), "--list"],
         capture_output=True,
@@ -39,7 +38,13 @@ def registry(inventory_path: Path) -> list[dict]:
         cwd=REPO,
         check=True,
     )
-    inventory = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def registry(inventory_path: Path) -> list[dict]:
+    """Every endpoint record of the inventory (a Slurm job's address is unknown here: it comes from
+    the job's connection info on the login host)."""
+    inventory = inventory_list(inventory_path)
     hostvars = inventory["_meta"]["hostvars"]
     groups = {name: _members(inventory, name) for name in inventory if name != "_meta"}
     models = next((hv["fleet_models"] for hv in hostvars.values() if "fleet_models" in hv), {})

@@ -41,7 +41,9 @@ try:  # the collection's own import path (ansible); tests put plugins/filter on 
     from ansible_collections.llmfleet.fleet.plugins.filter.llmfleet_model_pipeline import model_pipeline_endpoints_of
     from ansible_collections.llmfleet.fleet.plugins.filter.llmfleet_slurm_job import slurm_job_endpoints
     from ansible_collections.llmfleet.fleet.plugins.filter.llmfleet_vllm import vllm_service_endpoints
+    from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_endpoint import UnknownModel
 except ImportError:  # pragma: no cover
+    from llmfleet_endpoint import UnknownModel
     from llmfleet_gateway import gateway_endpoints
     from llmfleet_k8s import k8s_endpoints
     from llmfleet_model_pipeline import model_pipeline_endpoints_of
@@ -152,7 +154,10 @@ def fleet_endpoints(
         for host in members or []:
             if only is not None and host != only:
                 continue
-            records.extend(producer(host, HostView(host, hostvars[host], role, groups), models or {}))
+            try:
+                records.extend(producer(host, HostView(host, hostvars[host], role, groups), models or {}))
+            except UnknownModel as exc:
+                raise AnsibleFilterError(str(exc)) from exc
     return records
 
 

@@ -18,11 +18,12 @@ try:  # the collection's own import path (ansible); tests put plugins/filter on 
     from ansible_collections.llmfleet.fleet.plugins.filter.llmfleet_vllm import resolve_instance
     from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_endpoint import (
         catalog_costs,
+        catalog_entry,
         endpoint,
         served_names,
     )
 except ImportError:  # pragma: no cover
-    from llmfleet_endpoint import catalog_costs, endpoint, served_names
+    from llmfleet_endpoint import catalog_costs, catalog_entry, endpoint, served_names
     from llmfleet_vllm import resolve_instance
 
 APP = "vllm"
@@ -368,12 +369,7 @@ def k8s_endpoints(cluster: str, hostvars: Any, models: dict) -> list[dict]:
     records = []
     for index, inst in enumerate(hostvars.get("vllm_kubernetes_instances") or []):
         model = inst.get("model")
-        if model not in (models or {}):
-            raise AnsibleFilterError(
-                f"host {cluster}: vllm_kubernetes_instances[{index}] ({inst.get('name')}): model {model!r} is not "
-                f"in fleet_models (known: {', '.join(sorted(models or {})) or 'none'})"
-            )
-        entry = models[model] or {}
+        entry = catalog_entry(models, model, f"host {cluster}: vllm_kubernetes_instances[{index}] ({inst.get('name')})")
         service = k8s_name(inst["name"])
         records.append(
             endpoint(

@@ -20,8 +20,6 @@ try:  # the collection's own import path (ansible); tests put the collection on 
 except ImportError:  # pragma: no cover
     from llmfleet_endpoint import catalog_costs, endpoint, host_address
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
 
 def model_pipeline_catalog(models: list[dict], catalog: dict) -> dict:
     """``fleet_models`` plus an ssh source entry per adapter."""

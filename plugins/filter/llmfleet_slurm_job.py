@@ -19,11 +19,12 @@ from ansible.module_utils.parsing.convert_bool import boolean
 try:  # the collection's own import path (ansible); tests put the collection on sys.path
     from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_endpoint import (
         catalog_costs,
+        catalog_entry,
         endpoint,
         served_names,
     )
 except ImportError:  # pragma: no cover
-    from llmfleet_endpoint import catalog_costs, endpoint, served_names
+    from llmfleet_endpoint import catalog_costs, catalog_entry, endpoint, served_names
 
 
 def slurm_job_endpoints(host: str, hostvars: Any, models: dict) -> list[dict]:
@@ -36,12 +37,7 @@ def slurm_job_endpoints(host: str, hostvars: Any, models: dict) -> list[dict]:
     if not inst or hostvars.get("slurm_job_state", "present") != "present" or not serving:
         return []
     model = inst.get("model")
-    if model not in (models or {}):
-        raise AnsibleFilterError(
-            f"host {host}: slurm_job_instance ({inst.get('name')}): model {model!r} is not in fleet_models "
-            f"(known: {', '.join(sorted(models or {})) or 'none'})"
-        )
-    entry = models[model] or {}
+    entry = catalog_entry(models, model, f"host {host}: slurm_job_instance ({inst.get('name')})")
     shared = str(hostvars.get("slurm_job_shared_dir") or "").rstrip("/")
     name = str(hostvars.get("slurm_job_name") or f"vllm-{inst.get('name') or 'server'}")
     if not shared:

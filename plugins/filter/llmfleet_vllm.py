@@ -14,13 +14,14 @@ from ansible.errors import AnsibleFilterError
 try:  # the collection's own import path (ansible); tests put the collection on sys.path
     from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_endpoint import (
         catalog_costs,
+        catalog_entry,
         endpoint,
         host_address,
         served_names,
     )
     from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_vllm_instance import VALUE_FLAGS
 except ImportError:  # pragma: no cover
-    from llmfleet_endpoint import catalog_costs, endpoint, host_address, served_names
+    from llmfleet_endpoint import catalog_costs, catalog_entry, endpoint, host_address, served_names
     from llmfleet_vllm_instance import VALUE_FLAGS
 
 
@@ -117,12 +118,7 @@ def vllm_service_endpoints(host: str, hostvars: Any, models: dict) -> list[dict]
     records = []
     for index, inst in enumerate(hostvars.get("vllm_service_instances") or []):
         model = inst.get("model")
-        if model not in (models or {}):
-            raise AnsibleFilterError(
-                f"host {host}: vllm_service_instances[{index}] ({inst.get('name')}): model {model!r} is not in "
-                f"fleet_models (known: {', '.join(sorted(models or {})) or 'none'})"
-            )
-        entry = models[model] or {}
+        entry = catalog_entry(models, model, f"host {host}: vllm_service_instances[{index}] ({inst.get('name')})")
         records.append(
             endpoint(
                 kind="vllm",

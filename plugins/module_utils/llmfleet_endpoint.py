@@ -67,6 +67,19 @@ def host_address(host: str, hostvars: Any) -> str:
     return str(hostvars.get("fleet_service_address") or (facts.get("default_ipv4") or {}).get("address") or host)
 
 
+class UnknownModel(ValueError):
+    """An endpoint names a model the catalog (``fleet_models``) does not have."""
+
+
+def catalog_entry(models: dict, model: Any, where: str) -> dict:
+    """The catalog entry of ``model``; ``where`` (host, variable, instance) names the reference."""
+    if model not in (models or {}):
+        raise UnknownModel(
+            f"{where}: model {model!r} is not in fleet_models (known: {', '.join(sorted(models or {})) or 'none'})"
+        )
+    return models[model] or {}
+
+
 def catalog_costs(name: str, entry: dict | None) -> dict[str, Any]:
     """Display name and costs (per million tokens) of a catalog entry (an empty entry: none)."""
     entry = entry or {}

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from endpoint_registry import registry
+from endpoint_registry import inventory_list, registry
 
 pytestmark = pytest.mark.lab
 
@@ -106,13 +104,6 @@ def test_prometheus_scrapes_every_endpoint_that_exports_metrics_and_it_is_up(rec
 
 def _prometheus_port() -> int:
     """The lab observability host's Prometheus port, as the inventory sets it."""
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(INVENTORY), "--list"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=True,
-    )
-    inventory = json.loads(result.stdout)
+    inventory = inventory_list(INVENTORY)
     host = inventory["observability"]["hosts"][0]
     return int(inventory["_meta"]["hostvars"][host].get("observability_stack_prometheus_port", 9090))
