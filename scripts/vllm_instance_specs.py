@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Write the vLLM instance option blocks of three roles' argument specs from the one schema.
 
 The keys a vLLM instance takes are declared once, in plugins/module_utils/llmfleet_vllm_instance.py.
@@ -9,8 +8,8 @@ This script writes them into the block between the BEGIN and END comments of
                                                   follow the block, written by hand)
   roles/slurm_job/meta/argument_specs.yml        (slurm_job_instance)
 
-  scripts/vllm_instance_specs.py           rewrite the blocks
-  scripts/vllm_instance_specs.py --check   exit 1, naming the file, when a block differs (make lint)
+  python scripts/vllm_instance_specs.py           rewrite the blocks
+  python scripts/vllm_instance_specs.py --check   exit 1, naming the file, when a block differs (make lint)
 """
 
 from __future__ import annotations
@@ -113,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "vLLM instance keys differ from plugins/module_utils/llmfleet_vllm_instance.py in: "
             + ", ".join(stale)
-            + "\nEdit the schema there (not the block), then run scripts/vllm_instance_specs.py",
+            + "\nEdit the schema there (not the block), then run python scripts/vllm_instance_specs.py",
             file=sys.stderr,
         )
         return 1
