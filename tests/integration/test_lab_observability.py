@@ -28,7 +28,6 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from endpoint_registry import inventory_list
 from llmfleet import runner
 from llmfleet.lab import containers as lab_containers
 from test_observability_files import VARIABLES, dashboard_exprs, substitute
@@ -72,14 +72,7 @@ PROMQL_WORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
 
 
 def _inventory() -> dict:
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(INVENTORY), "--list"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=True,
-    )
-    return json.loads(result.stdout)
+    return inventory_list(INVENTORY)
 
 
 @pytest.fixture(scope="module")
