@@ -70,7 +70,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_health(args: argparse.Namespace) -> int:
     from llmfleet import health
 
-    return health.run_and_print(inventory=args.inventory, as_json=args.json, lab=args.lab)
+    return health.run_and_print(inventory=args.inventory, as_json=args.json)
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
@@ -93,7 +93,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
         elif args.action == "status":
             from llmfleet import health
 
-            return health.run_and_print(inventory=None, as_json=args.json, lab=True)
+            return health.run_and_print(inventory=None, as_json=args.json)
         elif args.action == "images":
             docker_daemon.ensure(_log)
             lab.ensure_images(docker_daemon.client(), _log, docker_host=True)
@@ -178,7 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-i", "--inventory")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--lab", action="store_true", help="address lab hosts by their container IP")
     p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("lab", help="the container lab on this machine")

@@ -31,7 +31,7 @@ def collect(report_dir: Path) -> list[dict]:
 NOT_CHECKED = ("rendered", "not checked")
 
 
-def run_and_print(inventory: str | None, as_json: bool, lab: bool) -> int:
+def run_and_print(inventory: str | None, as_json: bool) -> int:
     report_dir = _report_dir()
     shutil.rmtree(report_dir, ignore_errors=True)
     report_dir.mkdir(parents=True)

@@ -21,12 +21,14 @@ from ansible.errors import AnsibleFilterError
 
 try:  # the collection's own import path (ansible); tests put the collection on sys.path
     from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_endpoint import (
+        UnknownModel,
         catalog_costs,
+        catalog_entry,
         endpoint,
         host_address,
     )
 except ImportError:  # pragma: no cover
-    from llmfleet_endpoint import catalog_costs, endpoint, host_address
+    from llmfleet_endpoint import UnknownModel, catalog_costs, catalog_entry, endpoint, host_address
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -41,11 +43,10 @@ BACKEND_KEYS_CALLBACK = "llmfleet_backend_keys.backend_keys"
 
 
 def _catalog_entry(models: dict, name: str, where: str) -> dict:
-    if name not in (models or {}):
-        raise AnsibleFilterError(
-            f"{where}: model {name!r} is not in fleet_models (known: {', '.join(sorted(models or {})) or 'none'})"
-        )
-    return models[name] or {}
+    try:
+        return catalog_entry(models, name, where)
+    except UnknownModel as exc:
+        raise AnsibleFilterError(str(exc)) from exc
 
 
 def _catalog_fields(name: str, entry: dict) -> dict:
@@ -92,12 +93,12 @@ def gateway_endpoints(host: str, hostvars: Any, models: dict) -> list[dict]:
     address when it listens everywhere):``model_gateway_port``; its master key given in the
     inventory, else kept on the host (``<model_gateway_config_dir>/keys/master.key``). It answers
     to every served name of the catalog."""
-    listen = str(hostvars.get("model_gateway_listen") or "0.0.0.0")
+    listen = str(hostvars["model_gateway_listen"])
     address = listen if listen not in ("0.0.0.0", "::") else host_address(host, hostvars)
-    scheme = str(hostvars.get("model_gateway_scheme") or "http")
+    scheme = str(hostvars["model_gateway_scheme"])
     served = [str((e or {}).get("served_name") or name) for name, e in (models or {}).items()]
-    config_dir = str(hostvars.get("model_gateway_config_dir") or "/etc/llmfleet-gateway")
-    master = str(hostvars.get("model_gateway_master_key") or "")
+    config_dir = str(hostvars["model_gateway_config_dir"])
+    master = str(hostvars["model_gateway_master_key"] or "")
     return [
         endpoint(
             kind="gateway",
@@ -106,7 +107,7 @@ def gateway_endpoints(host: str, hostvars: Any, models: dict) -> list[dict]:
             instance="gateway",
             model="",
             served=served,
-            base_url=f"{scheme}://{address}:{int(hostvars.get('model_gateway_port') or 4000)}/v1",
+            base_url=f"{scheme}://{address}:{int(hostvars['model_gateway_port'])}/v1",
             costs=catalog_costs("gateway", {}),
             key_file="" if master else f"{config_dir}/keys/master.key",
             api_key=master,
@@ -338,7 +339,6 @@ class FilterModule:
         return {
             "gateway_external_backends": gateway_external_backends,
             "gateway_backends": gateway_backends,
-            "gateway_endpoints": gateway_endpoints,
             "gateway_health_url": gateway_health_url,
             "gateway_with_keys": gateway_with_keys,
             "gateway_config": gateway_config,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
+from ansible.module_utils.parsing.convert_bool import boolean
 
 try:  # the collection's own import path (ansible); tests put plugins/filter on sys.path
     from ansible_collections.llmfleet.fleet.plugins.filter.llmfleet_vllm import resolve_instance
@@ -362,10 +363,10 @@ def k8s_endpoints(cluster: str, hostvars: Any, models: dict) -> list[dict]:
     (``http://vllm-<instance>.<namespace>.svc.<domain>:<port>/v1``), its key in the controller's key
     directory. A cluster only rendered (``vllm_kubernetes_apply`` false) gives records marked
     ``applied: false``: they serve nothing and no consumer routes to or scrapes them."""
-    namespace = str(hostvars.get("vllm_kubernetes_namespace") or "llm")
-    domain = str(hostvars.get("vllm_kubernetes_cluster_domain") or "cluster.local")
-    key_dir = str(hostvars.get("vllm_kubernetes_key_dir") or "")
-    applied = bool(hostvars.get("vllm_kubernetes_apply", True))
+    namespace = str(hostvars["vllm_kubernetes_namespace"])
+    domain = str(hostvars["vllm_kubernetes_cluster_domain"])
+    key_dir = str(hostvars["vllm_kubernetes_key_dir"] or "")
+    applied = boolean(hostvars["vllm_kubernetes_apply"], strict=False)
     records = []
     for index, inst in enumerate(hostvars.get("vllm_kubernetes_instances") or []):
         model = inst.get("model")
@@ -400,5 +401,4 @@ class FilterModule:
             "k8s_schema_errors": k8s_schema_errors,
             "k8s_schema_skipped": k8s_schema_skipped,
             "k8s_redacted": k8s_redacted,
-            "k8s_endpoints": k8s_endpoints,
         }

@@ -104,9 +104,9 @@ def model_pipeline_endpoints_of(host: str, hostvars: Any, models: dict) -> list[
     at the server's bind address, or the host's service address when it listens everywhere. Each is
     a model of its own (its served name ``<name>-<format>``), costs from a catalog entry of that
     name when there is one; no key."""
-    listen = str(hostvars.get("model_pipeline_server_host") or "0.0.0.0")
+    listen = str(hostvars["model_pipeline_server_host"])
     address = listen if listen not in ("0.0.0.0", "::") else host_address(host, hostvars)
-    formats = hostvars.get("model_pipeline_serve_formats") or []
+    formats = hostvars["model_pipeline_serve_formats"]
     records = []
     for server in model_pipeline_servers(hostvars.get("model_pipeline_models") or [], formats, "", "", ""):
         served = server["served_name"]
@@ -137,5 +137,4 @@ class FilterModule:
             "model_pipeline_base_names": model_pipeline_base_names,
             "model_pipeline_servers": model_pipeline_servers,
             "model_pipeline_endpoints": model_pipeline_endpoints,
-            "model_pipeline_endpoints_of": model_pipeline_endpoints_of,
         }

@@ -33,13 +33,13 @@ def slurm_job_endpoints(host: str, hostvars: Any, models: dict) -> list[dict]:
     instance set). Its ``base_url`` is the login host's ``slurm_job_gateway_url`` when given, else
     empty until ``slurm_job_endpoints_with_info`` reads the job's connection info."""
     inst = hostvars.get("slurm_job_instance") or {}
-    serving = boolean(hostvars.get("slurm_job_serve", True), strict=False)
-    if not inst or hostvars.get("slurm_job_state", "present") != "present" or not serving:
+    serving = boolean(hostvars["slurm_job_serve"], strict=False)
+    if not inst or hostvars["slurm_job_state"] != "present" or not serving:
         return []
     model = inst.get("model")
     entry = catalog_entry(models, model, f"host {host}: slurm_job_instance ({inst.get('name')})")
-    shared = str(hostvars.get("slurm_job_shared_dir") or "").rstrip("/")
-    name = str(hostvars.get("slurm_job_name") or f"vllm-{inst.get('name') or 'server'}")
+    shared = str(hostvars["slurm_job_shared_dir"] or "").rstrip("/")
+    name = str(hostvars["slurm_job_name"])
     if not shared:
         raise AnsibleFilterError(f"host {host}: slurm_job_shared_dir is empty; the job's connection info has no home")
     return [
@@ -95,6 +95,5 @@ def slurm_job_endpoints_with_info(records: list[dict], info_reads: list[dict] | 
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
-            "slurm_job_endpoints": slurm_job_endpoints,
             "slurm_job_endpoints_with_info": slurm_job_endpoints_with_info,
         }

@@ -113,8 +113,8 @@ def vllm_service_endpoints(host: str, hostvars: Any, models: dict) -> list[dict]
     included): one per instance, at the host's service address and the instance's port, its key in
     ``<vllm_service_config_dir>/<instance>.apikey`` on the host unless the inventory gives it."""
     address = host_address(host, hostvars)
-    runtime = str(hostvars.get("vllm_service_runtime") or "systemd")
-    config_dir = str(hostvars.get("vllm_service_config_dir") or "/etc/vllm")
+    runtime = str(hostvars["vllm_service_runtime"])
+    config_dir = str(hostvars["vllm_service_config_dir"])
     records = []
     for index, inst in enumerate(hostvars.get("vllm_service_instances") or []):
         model = inst.get("model")
@@ -216,5 +216,4 @@ class FilterModule:
             "pip_missing": pip_missing,
             "vllm_with_api_keys": vllm_with_api_keys,
             "vllm_backups": vllm_backups,
-            "vllm_service_endpoints": vllm_service_endpoints,
         }

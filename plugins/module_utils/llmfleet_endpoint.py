@@ -24,16 +24,14 @@ from typing import Any
 #   llamacpp: llama-cpp-python's server has no /health and no /metrics; /v1/models answers once the
 #     model is loaded.
 #   gateway: LiteLLM's liveliness route; its /metrics is an Enterprise feature (off unless asked).
-#   openai: an endpoint outside the inventory; only its API is known.
 KIND_PATHS: dict[str, tuple[str, str]] = {
     "vllm": ("/health", "/metrics"),
     "llamacpp": ("/v1/models", ""),
     "gateway": ("/health/liveliness", ""),
-    "openai": ("/v1/models", ""),
 }
 
 # Where the endpoint runs: the supervisor the health check asks about restarts.
-RUNTIMES = ("systemd", "docker", "slurm", "kubernetes", "external")
+RUNTIMES = ("systemd", "docker", "slurm", "kubernetes")
 
 FIELDS = (
     "id",
@@ -127,7 +125,7 @@ def endpoint(
         raise ValueError(f"endpoint runtime {runtime!r} is unknown; known: {', '.join(RUNTIMES)}")
     default_health, default_metrics = KIND_PATHS[kind]
     record = {
-        "id": record_id or (f"{host}/{instance}" if host else f"external/{instance}"),
+        "id": record_id or f"{host}/{instance}",
         "kind": kind,
         "runtime": runtime,
         "host": host,
@@ -150,9 +148,3 @@ def endpoint(
         "info_file": info_file,
     }
     return record
-
-
-def root_url(base_url: str) -> str:
-    """The server's root (``http://h:p``) from its OpenAI base URL (``http://h:p/v1``)."""
-    url = str(base_url).rstrip("/")
-    return url[: -len("/v1")] if url.endswith("/v1") else url

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_endpoint import FIELDS, root_url
+from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_endpoint import FIELDS
 from llmfleet_endpoints import fleet_endpoints, fleet_host_defaults
 from llmfleet_slurm_job import slurm_job_endpoints_with_info
 
@@ -171,7 +171,3 @@ def test_host_defaults_are_the_roles_unless_the_host_sets_one():
     keys = ["observability_stack_node_exporter_port"]
     assert fleet_host_defaults(hostvars, {}, "o-1", "observability_stack", keys) == {keys[0]: 9100}
     assert fleet_host_defaults(hostvars, {}, "o-2", "observability_stack", keys) == {keys[0]: 9200}
-
-
-def test_root_url():
-    assert root_url("http://h:1/v1/") == "http://h:1" and root_url("http://h:1") == "http://h:1"

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory_k8s import check_kubernetes, quantity
+from llmfleet_endpoints import fleet_endpoints
 from llmfleet_gateway import gateway_backends
-from llmfleet_k8s import K8S_ONLY_KEYS, NOT_IN_A_POD, k8s_endpoints, k8s_redacted, vllm_k8s_args, vllm_k8s_manifests
+from llmfleet_k8s import K8S_ONLY_KEYS, NOT_IN_A_POD, k8s_redacted, vllm_k8s_args, vllm_k8s_manifests
 from llmfleet_vllm import resolve_instance
 
 REPO = Path(__file__).resolve().parents[2]
@@ -172,7 +173,8 @@ def test_gateway_routes_to_the_services_of_applied_clusters_only():
                  "vllm_kubernetes_instances": INSTANCES},
         "render-only": {"vllm_kubernetes_apply": False, "vllm_kubernetes_instances": INSTANCES},
     }
-    records = [r for cluster in ("prod", "render-only") for r in k8s_endpoints(cluster, hostvars[cluster], MODELS)]
+    # Through the registry, as the gateway reads them: each cluster's variables over vllm_kubernetes' defaults.
+    records = fleet_endpoints(hostvars, {"kubernetes_clusters": ["prod", "render-only"]}, MODELS)
     assert [r["applied"] for r in records] == [True, True, False, False]
     backends = gateway_backends(records, MODELS)
     assert [(b["id"], b["api_base"], b["key_file"], b["backend_model"]) for b in backends] == [
