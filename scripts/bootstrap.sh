@@ -25,16 +25,41 @@ system() {
   fi
 }
 
+# uv installs the venv's packages (about 25 s with an empty cache, seconds with a warm one, where pip
+# spent 3-4 minutes on 2 cores resolving and unpacking); it is installed once into the cache with pip.
+# Without it (no PyPI access to fetch it, LLMFLEET_NO_UV=1) pip does the same install.
+uv_bin() {
+  local tool="${LLMFLEET_CACHE:-$HOME/.cache/llmfleet}/tools/uv"
+  if [ -z "${LLMFLEET_NO_UV:-}" ] && { [ -x "$tool/bin/uv" ] || {
+    python3 -m venv "$tool" && "$tool/bin/python" -m pip install -q 'uv>=0.9,<1'; } >&2; }; then
+    echo "$tool/bin/uv"
+  fi
+}
+
 venv() {
   local stamp="$VENV/.llmfleet-stamp" want
   want=$(sha256sum pyproject.toml | cut -d' ' -f1)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/llmfleet" ]; then return 0; fi
-  echo "bootstrap: creating $VENV (pip wheels are cached in ~/.cache/pip: later runs are quick)"
+  echo "bootstrap: creating $VENV (wheels are cached in ~/.cache/uv or ~/.cache/pip: later runs are quick)"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip wheel
-  # torch is pinned to the CPU build (2.13.0); the lab model step needs it, nothing else does.
-  "$VENV/bin/python" -m pip install -q -e '.[dev,model]'
+  # torch is pinned to the CPU build (2.13.0); the lab model step needs it, nothing else does. Where
+  # this machine keeps wheels of its own (PIP_FIND_LINKS, /opt/wheels: the CPU torch), uv looks there
+  # too, as pip does through PIP_FIND_LINKS.
+  venv_install -e '.[dev,model]'
   echo "$want" > "$stamp"
+}
+
+# pip install into the venv, by uv where it can be had.
+venv_install() {
+  local uv links=() d
+  uv=$(uv_bin || true)
+  if [ -n "$uv" ]; then
+    for d in ${PIP_FIND_LINKS:-} /opt/wheels; do if [ -d "$d" ]; then links+=(--find-links "$d"); fi; done
+    "$uv" pip install -q --python "$VENV/bin/python" "${links[@]}" "$@"
+  else
+    "$VENV/bin/python" -m pip install -q "$@"
+  fi
 }
 
 # llama.cpp's Python server (the llama.cpp side of llm_health's tests and the model pipeline):
@@ -60,7 +85,7 @@ llamacpp() {
       CMAKE_BUILD_PARALLEL_LEVEL=2 "$VENV/bin/python" -m pip wheel -q --no-deps -w "$cache" "$sdist"
     whl=$(ls "$cache"/llama_cpp_python-0.3.36-*.whl | head -n1)
   fi
-  "$VENV/bin/python" -m pip install -q "llama-cpp-python[server] @ file://$whl"
+  venv_install "llama-cpp-python[server] @ file://$whl"
 }
 
 case "${1:-all}" in
