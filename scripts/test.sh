@@ -112,7 +112,9 @@ lab_e2e() {
   stage "lab: train the pipeline's test LoRA adapter and put it on the training host"
   python tests/fixtures/pipeline/place_adapter.py
   stage "lab: converge site.yml"
-  llmfleet deploy site.yml -i "$TEST_INVENTORY"
+  # The converge's 15 slowest tasks (ansible.posix.profile_tasks) are printed after its recap.
+  ANSIBLE_CALLBACKS_ENABLED=ansible.posix.profile_tasks PROFILE_TASKS_SUMMARY_ONLY=true \
+    PROFILE_TASKS_TASK_OUTPUT_LIMIT=15 llmfleet deploy site.yml -i "$TEST_INVENTORY"
   stage "lab: second converge must change nothing; check mode, run beside it, must report no change"
   lab_second_pass_and_check
   stage "lab: endpoint health (a real completion must answer Paris)"
