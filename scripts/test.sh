@@ -63,6 +63,13 @@ unit() {
 DAEMON_WAS_UP=0
 cleanup() {
   local rc=$?
+  if [[ -n ${MOLECULE_PID:-} ]]; then
+    kill -- "-$MOLECULE_PID" 2>/dev/null || true
+    wait "$MOLECULE_PID" 2>/dev/null || true
+    printf '\n==> molecule, stopped before it ended: its output\n'
+    cat "$MOLECULE_LOG" || true
+    MOLECULE_PID=
+  fi
   stage "cleanup: the test lab's containers and network; dockerd and the registry if this run started them"
   if ((DAEMON_WAS_UP)); then
     llmfleet lab down || true
@@ -71,6 +78,28 @@ cleanup() {
   fi
   durations
   exit $rc
+}
+
+# The molecule scenarios in the background, in their own process group (cleanup stops them), their
+# output to a file: they run beside lint, sanity and the no-lab tests, which use the other core (each
+# side is mostly one process at a time), and neither reads what the other writes.
+MOLECULE_PID=
+MOLECULE_LOG=
+molecule_start() {
+  MOLECULE_LOG=$(mktemp)
+  setsid "$PWD/scripts/test.sh" molecule >"$MOLECULE_LOG" 2>&1 &
+  MOLECULE_PID=$!
+}
+
+molecule_wait() {
+  local rc=0
+  stage "molecule: the scenarios, run beside lint, sanity and the no-lab tests (the wait for them; their output)"
+  wait "$MOLECULE_PID" || rc=$?
+  MOLECULE_PID=
+  cat "$MOLECULE_LOG"
+  rm -f "$MOLECULE_LOG"
+  printf '\n==> molecule: rc %s\n' "$rc"
+  return "$rc"
 }
 
 molecule_all() {
@@ -138,14 +167,15 @@ all() {
   trap durations EXIT
   stage "bootstrap: Debian packages and .venv"
   scripts/bootstrap.sh all
-  lint
-  sanity
-  unit
   if docker info >/dev/null 2>&1; then DAEMON_WAS_UP=1; fi
   trap cleanup EXIT
   stage "lab up: Docker daemon, images, wheelhouse, lab model, containers"
   llmfleet lab up
-  molecule_all
+  molecule_start
+  lint
+  sanity
+  unit
+  molecule_wait
   lab_e2e
   stage "all passed"
 }
