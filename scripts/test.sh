@@ -68,6 +68,7 @@ cleanup() {
     wait "$MOLECULE_PID" 2>/dev/null || true
     printf '\n==> molecule, stopped before it ended: its output\n'
     cat "$MOLECULE_LOG" || true
+    rm -f "$MOLECULE_LOG"
     MOLECULE_PID=
   fi
   stage "cleanup: the test lab's containers and network; dockerd and the registry if this run started them"
