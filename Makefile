@@ -26,7 +26,7 @@ lint: venv
 	scripts/test.sh lint
 
 unit: venv
-	$(VENV)/bin/pytest -q tests/unit tests/integration -m "not lab"
+	$(VENV)/bin/pytest -q tests/unit tests/system
 
 molecule: venv
 	$(VENV)/bin/llmfleet lab images

@@ -1,7 +1,7 @@
 """The model gateway (LiteLLM proxy) vs straight to a backend (issue 13, benchmark clause).
 
 Side by side in one run, on the container lab (``make lab``), with the project's own load generator
-(``llmfleet_bench``: the same synthetic prompts, ``max_tokens`` and ``ignore_eos``, streaming chat
+(``bench``: the same synthetic prompts, ``max_tokens`` and ``ignore_eos``, streaming chat
 completions, the order alternating between rounds):
 
 1. Output tokens/s at concurrency 1 and 16 through the gateway vs straight to one backend (the lab's
@@ -36,11 +36,11 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "collections"), str(ROOT / "library")]
+sys.path[:0] = [str(ROOT / "collections"), str(ROOT / "controller")]
 
-from ansible_collections.llmfleet.fleet.plugins.module_utils import llmfleet_bench as bench  # noqa: E402
-from llmfleet.lab import containers as lab  # noqa: E402
+from ansible_collections.llmfleet.fleet.plugins.module_utils import bench as bench  # noqa: E402
 from llmfleet.paths import cache_dir, lab_name  # noqa: E402
+from llmfleet_lab import containers as lab  # noqa: E402
 
 GOALS = {"throughput_ratio": 0.90, "added_ttft_ms": 15.0, "failed": 0, "p99_spike_s": 2.0}
 
@@ -80,7 +80,7 @@ def one_run(url: str, key: str, concurrency: int, prompts: int, output_len: int)
         output_len=output_len,
         ignore_eos=True,
         timeout=300.0,
-        # llmfleet_bench trusts the system's CAs only; the lab CA is checked by the kill phase's client.
+        # bench trusts the system's CAs only; the lab CA is checked by the kill phase's client.
         validate_certs=not url.startswith("https:"),
     )
     items = bench.synthetic_prompts(prompts, 64, seed=concurrency)

@@ -33,15 +33,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(REPO / "collections"))
 
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_bench import (  # noqa: E402
+from ansible_collections.llmfleet.fleet.plugins.module_utils.bench import (  # noqa: E402
     LoadConfig,
     load_items,
     run_load,
     synthetic_prompts,
 )
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_http import request  # noqa: E402
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import join_url  # noqa: E402
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_prometheus import parse_prometheus_text  # noqa: E402
+from ansible_collections.llmfleet.fleet.plugins.module_utils.clients.http import request  # noqa: E402
+from ansible_collections.llmfleet.fleet.plugins.module_utils.clients.openai import join_url  # noqa: E402
+from ansible_collections.llmfleet.fleet.plugins.module_utils.clients.prometheus import parse_prometheus_text  # noqa: E402
 
 VLLM_BENCH = (
     "import sys\n"

@@ -47,11 +47,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "collections"))
 
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_sync import (  # noqa: E402
+from ansible_collections.llmfleet.fleet.plugins.module_utils.sync.engine import (  # noqa: E402
     read_info,
     run_sync,
 )
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_sync_sources import (  # noqa: E402
+from ansible_collections.llmfleet.fleet.plugins.module_utils.sync.sources import (  # noqa: E402
     LocalSource,
     SshSource,
     preferred_ciphers,

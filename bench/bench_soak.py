@@ -34,13 +34,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(REPO / "collections"))
 
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_async_http import AsyncPool  # noqa: E402
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_bench import (  # noqa: E402
+from ansible_collections.llmfleet.fleet.plugins.module_utils.bench import (  # noqa: E402
     percentile,
     stream_request,
 )
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_http import request  # noqa: E402
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import auth_headers, join_url  # noqa: E402
+from ansible_collections.llmfleet.fleet.plugins.module_utils.clients.async_http import AsyncPool  # noqa: E402
+from ansible_collections.llmfleet.fleet.plugins.module_utils.clients.http import request  # noqa: E402
+from ansible_collections.llmfleet.fleet.plugins.module_utils.clients.openai import auth_headers, join_url  # noqa: E402
 
 ASK = "What is the capital of France? Answer in one sentence."
 

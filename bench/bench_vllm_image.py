@@ -36,8 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(REPO / "collections"))
 
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image import run_vllm_image  # noqa: E402
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image_error import ImageError  # noqa: E402
+from ansible_collections.llmfleet.fleet.plugins.module_utils.image.build import run_vllm_image  # noqa: E402
+from ansible_collections.llmfleet.fleet.plugins.module_utils.image.error import ImageError  # noqa: E402
 
 CACHE = Path(os.environ.get("LLMFLEET_CACHE", Path.home() / ".cache" / "llmfleet"))
 NAME, TAG = "llmfleet/vllm-openai-cpu", "0.32.0"

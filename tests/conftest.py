@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "collections"))
 sys.path.insert(0, str(REPO / "plugins" / "modules"))
 sys.path.insert(0, str(REPO / "plugins" / "filter"))
-sys.path.insert(0, str(REPO / "library"))
+sys.path.insert(0, str(REPO / "controller"))
 sys.path.insert(0, str(REPO / "tests"))
 
 
@@ -48,3 +48,22 @@ def vllm_model() -> str:
 def vllm_api_key() -> str:
     """The lab endpoint's API key (LLMFLEET_TEST_VLLM_API_KEY; empty for a server without one)."""
     return os.environ.get("LLMFLEET_TEST_VLLM_API_KEY", "")
+
+
+# Where a pytest test lives says what it needs, and make test picks the folders by that:
+#   tests/unit    pure Python, no server;
+#   tests/system  real servers and the real runner that the test starts itself (no lab);
+#   tests/lab     the converged test lab (marked `lab`; the ones that restart or kill its
+#                 servers also `disruptive`, run last).
+# A test whose marker disagrees with its folder would be run in the wrong stage, or in none.
+def pytest_collection_modifyitems(config, items):
+    wrong = []
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        marked = item.get_closest_marker("lab") is not None
+        if (folder == "lab") != marked and folder in ("lab", "system", "unit"):
+            wrong.append(f"{item.nodeid}: in tests/{folder}, {'marked' if marked else 'not marked'} lab")
+        if item.get_closest_marker("disruptive") is not None and not marked:
+            wrong.append(f"{item.nodeid}: disruptive but not marked lab")
+    if wrong:
+        raise pytest.UsageError("tests in the wrong folder for their marker:\n  " + "\n  ".join(wrong))

@@ -1,7 +1,7 @@
 """The fleet's endpoint registry: every OpenAI-compatible endpoint the fleet runs, one record each.
 
 ``fleet_endpoints`` asks each kind's producer (beside the code that knows it, see
-``plugins/module_utils/llmfleet_endpoint.py``) for the records of the hosts of its group, and hands
+``plugins/module_utils/fleet/endpoint.py``) for the records of the hosts of its group, and hands
 each producer the host's variables **with its role's defaults**: role defaults are not in
 ``hostvars``, so instead of retyping another role's default here, the role's own
 ``defaults/main.yml`` is read (a value written with Jinja is rendered against the host's
@@ -41,7 +41,7 @@ try:  # the collection's own import path (ansible); tests put plugins/filter on 
     from ansible_collections.llmfleet.fleet.plugins.filter.llmfleet_model_pipeline import model_pipeline_endpoints_of
     from ansible_collections.llmfleet.fleet.plugins.filter.llmfleet_slurm_job import slurm_job_endpoints
     from ansible_collections.llmfleet.fleet.plugins.filter.llmfleet_vllm import vllm_service_endpoints
-    from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_endpoint import UnknownModel
+    from ansible_collections.llmfleet.fleet.plugins.module_utils.fleet.endpoint import UnknownModel
 except ImportError:  # pragma: no cover
     from llmfleet_endpoint import UnknownModel
     from llmfleet_gateway import gateway_endpoints

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from ansible.errors import AnsibleFilterError
 
 try:  # the collection's own import path (ansible); tests put the collection on sys.path
-    from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_endpoint import (
+    from ansible_collections.llmfleet.fleet.plugins.module_utils.fleet.endpoint import (
         UnknownModel,
         catalog_costs,
         catalog_entry,

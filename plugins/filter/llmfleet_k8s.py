@@ -17,7 +17,7 @@ from ansible.module_utils.parsing.convert_bool import boolean
 
 try:  # the collection's own import path (ansible); tests put plugins/filter on sys.path
     from ansible_collections.llmfleet.fleet.plugins.filter.llmfleet_vllm import resolve_instance
-    from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_endpoint import (
+    from ansible_collections.llmfleet.fleet.plugins.module_utils.fleet.endpoint import (
         catalog_costs,
         catalog_entry,
         endpoint,

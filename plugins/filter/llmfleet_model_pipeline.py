@@ -12,7 +12,7 @@ import posixpath
 from typing import Any
 
 try:  # the collection's own import path (ansible); tests put the collection on sys.path
-    from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_endpoint import (
+    from ansible_collections.llmfleet.fleet.plugins.module_utils.fleet.endpoint import (
         catalog_costs,
         endpoint,
         host_address,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_ray import expected_node, start_args
+from ansible_collections.llmfleet.fleet.plugins.module_utils.cluster.ray import expected_node, start_args
 
 
 def ray_start_args(role: str, node_name: str, node_ip: str, settings: dict[str, Any]) -> list[str]:

@@ -12,14 +12,14 @@ from typing import Any
 from ansible.errors import AnsibleFilterError
 
 try:  # the collection's own import path (ansible); tests put the collection on sys.path
-    from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_endpoint import (
+    from ansible_collections.llmfleet.fleet.plugins.module_utils.fleet.endpoint import (
         catalog_costs,
         catalog_entry,
         endpoint,
         host_address,
         served_names,
     )
-    from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_vllm_instance import VALUE_FLAGS
+    from ansible_collections.llmfleet.fleet.plugins.module_utils.fleet.vllm_instance import VALUE_FLAGS
 except ImportError:  # pragma: no cover
     from llmfleet_endpoint import catalog_costs, catalog_entry, endpoint, host_address, served_names
     from llmfleet_vllm_instance import VALUE_FLAGS

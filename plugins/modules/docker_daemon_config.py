@@ -84,7 +84,7 @@ import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_json_merge import ConfigFileError, plan_merge
+from ansible_collections.llmfleet.fleet.plugins.module_utils.json_merge import ConfigFileError, plan_merge
 
 
 def read_existing(path: str) -> str | None:

@@ -165,7 +165,7 @@ build:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.inventory.checks import (
     build_target,
     check_host_facts,
     check_models,

@@ -180,7 +180,7 @@ import os
 import platform
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_gpu import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.health.gpu import (
     GpuToolError,
     collect_gpu_facts,
     read_pci_devices,

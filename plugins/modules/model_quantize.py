@@ -162,8 +162,8 @@ import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.llmfleet.fleet.plugins.module_utils import llmfleet_quantize as q
-from ansible_collections.llmfleet.fleet.plugins.module_utils import llmfleet_quantize_run as run
+from ansible_collections.llmfleet.fleet.plugins.module_utils.quantize import plan as q
+from ansible_collections.llmfleet.fleet.plugins.module_utils.quantize import run as run
 
 
 class Pipeline:

@@ -293,12 +293,12 @@ rate:
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_sync import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.sync.engine import (
     run_sync,
     validate_params,
     verify_hub_offline,
 )
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_sync_sources import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.sync.sources import (
     HubSource,
     LocalSource,
     SshSource,

@@ -124,7 +124,7 @@ verified:
 
 # Ansible modules keep DOCUMENTATION/EXAMPLES/RETURN first, so the imports come after them.
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_sync import read_info
+from ansible_collections.llmfleet.fleet.plugins.module_utils.sync.engine import read_info
 
 
 def main() -> None:

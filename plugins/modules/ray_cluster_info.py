@@ -106,7 +106,7 @@ import urllib.error
 import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_ray import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.cluster.ray import (
     compare_nodes,
     nodes_from_state_api,
     summary,

@@ -132,7 +132,7 @@ import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_slurm import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.cluster.slurm import (
     ACTIVE_STATES,
     SQUEUE_FORMAT,
     exit_code,

@@ -269,8 +269,8 @@ duration_s:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image import run_vllm_image
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image_error import ImageError
+from ansible_collections.llmfleet.fleet.plugins.module_utils.image.build import run_vllm_image
+from ansible_collections.llmfleet.fleet.plugins.module_utils.image.error import ImageError
 
 
 def main() -> None:

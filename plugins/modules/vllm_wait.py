@@ -34,9 +34,6 @@ options:
     type: list
     elements: str
     default: []
-  api_key:
-    description: Bearer token for C(/v1/models).
-    type: str
   timeout:
     description: Seconds to wait at most.
     type: int
@@ -45,12 +42,6 @@ options:
     description: Seconds between polls.
     type: float
     default: 3
-  systemd_unit:
-    description: The systemd unit running the server. Mutually exclusive with O(container).
-    type: str
-  container:
-    description: The Docker container running the server. Mutually exclusive with O(systemd_unit).
-    type: str
   max_restarts:
     description: Restarts of the service tolerated while waiting.
     type: int
@@ -87,6 +78,8 @@ attributes:
     support: none
 extends_documentation_fragment:
   - llmfleet.fleet.attributes
+  - llmfleet.fleet.endpoint
+  - llmfleet.fleet.endpoint.supervisor
 notes:
   - Proxies follow the standard environment variables (C(http_proxy), C(https_proxy), C(no_proxy)), except
     that a loopback endpoint (C(localhost), C(127.0.0.0/8), C(::1)) is always reached directly.
@@ -148,10 +141,17 @@ log_tail:
   type: str
 """
 
+import functools
+
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_wait import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.clients.openai import ENDPOINT_ARGS
+from ansible_collections.llmfleet.fleet.plugins.module_utils.health.wait import (
+    SUPERVISOR_ARGS,
+    SUPERVISOR_EXCLUSIVE,
     Supervised,
     docker_state,
+    http_get,
+    http_post,
     systemd_state,
     wait_healthy,
 )
@@ -172,20 +172,19 @@ def _log_tail(module: AnsibleModule, lines: int) -> str:
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
+            **ENDPOINT_ARGS,
+            **SUPERVISOR_ARGS,
             "url": {"type": "str", "required": True},
             "expect_models": {"type": "list", "elements": "str", "default": []},
-            "api_key": {"type": "str", "no_log": True},
             "timeout": {"type": "int", "default": 600},
             "interval": {"type": "float", "default": 3},
-            "systemd_unit": {"type": "str"},
-            "container": {"type": "str"},
             "max_restarts": {"type": "int", "default": 2},
             "log_lines": {"type": "int", "default": 40},
             "probe": {"type": "bool", "default": True},
             "probe_api": {"type": "str", "choices": ["chat", "completions"], "default": "chat"},
             "probe_timeout": {"type": "float", "default": 180},
         },
-        mutually_exclusive=[("systemd_unit", "container")],
+        mutually_exclusive=SUPERVISOR_EXCLUSIVE,
         supports_check_mode=True,
     )
     p = module.params
@@ -195,18 +194,34 @@ def main() -> None:
 
     supervisor = None
     if p["systemd_unit"]:
+
         def supervisor() -> Supervised:
             return systemd_state(run, p["systemd_unit"])
     elif p["container"]:
+
         def supervisor() -> Supervised:
             return docker_state(run, p["container"])
 
     result = wait_healthy(
-        p["url"], p["expect_models"], p["timeout"], p["interval"], p["api_key"], supervisor, p["max_restarts"],
-        probe=p["probe"], probe_api=p["probe_api"], probe_timeout=p["probe_timeout"],
+        p["url"],
+        p["expect_models"],
+        p["timeout"],
+        p["interval"],
+        p["api_key"],
+        supervisor,
+        p["max_restarts"],
+        probe=p["probe"],
+        probe_api=p["probe_api"],
+        probe_timeout=p["probe_timeout"],
+        get=functools.partial(http_get, validate_certs=p["validate_certs"]),
+        post=functools.partial(http_post, validate_certs=p["validate_certs"]),
     )
-    payload = {"changed": False, "waited_s": round(result.waited_s, 1), "restarts": result.restarts,
-               "probe": result.probe}
+    payload = {
+        "changed": False,
+        "waited_s": round(result.waited_s, 1),
+        "restarts": result.restarts,
+        "probe": result.probe,
+    }
     if p["systemd_unit"]:
         payload["supervisor"] = systemd_state(run, p["systemd_unit"], journal=not result.healthy).as_dict()
     elif p["container"]:
@@ -214,8 +229,9 @@ def main() -> None:
     if result.healthy:
         module.exit_json(models=result.models, max_model_len=result.max_model_len, **payload)
     what = p["systemd_unit"] or p["container"] or p["url"]
-    module.fail_json(msg=f"{what} did not become healthy: {result.reason}",
-                     log_tail=_log_tail(module, p["log_lines"]), **payload)
+    module.fail_json(
+        msg=f"{what} did not become healthy: {result.reason}", log_tail=_log_tail(module, p["log_lines"]), **payload
+    )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from typing import Any
 import ansible_module
 import docker_daemon_config
 import pytest
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_json_merge import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.json_merge import (
     ConfigFileError,
     deep_merge,
     plan_merge,

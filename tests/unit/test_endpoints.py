@@ -7,7 +7,7 @@ import json
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_endpoint import FIELDS
+from ansible_collections.llmfleet.fleet.plugins.module_utils.fleet.endpoint import FIELDS
 from llmfleet_endpoints import fleet_endpoints, fleet_host_defaults
 from llmfleet_slurm_job import slurm_job_endpoints_with_info
 

@@ -1,4 +1,4 @@
-"""gpu_facts and llmfleet_gpu against recorded outputs of real GPU hosts.
+"""gpu_facts and health.gpu against recorded outputs of real GPU hosts.
 
 The recordings and where each comes from: tests/fixtures/gpu/README.md.
 """
@@ -14,7 +14,7 @@ import gpu_facts
 import pytest
 from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_gpu import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.health.gpu import (
     QUERY_FIELDS,
     capability_from_name,
     cuda_arch_facts,

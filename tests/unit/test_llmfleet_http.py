@@ -1,4 +1,4 @@
-"""llmfleet_http: the one blocking HTTP client of module_utils and its proxy policy.
+"""clients.http: the one blocking HTTP client of module_utils and its proxy policy.
 
 Real sockets only: a real HTTP server on 127.0.0.1 and a real listening "proxy" socket that records
 what reaches it. No other host is reachable from a test, so which non-loopback URLs are proxied is
@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from ansible.module_utils.urls import open_url
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_http import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.clients.http import (
     USER_AGENT,
     EndpointError,
     is_loopback,

@@ -1,5 +1,5 @@
 """The model_cache role's plan (plugins/filter/llmfleet_model_cache.py), the vLLM filter's use of
-its paths, and the catalog checks of ssh sources (llmfleet_inventory.check_models)."""
+its paths, and the catalog checks of ssh sources (inventory.checks.check_models)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ansible_collections.llmfleet.fleet.plugins.filter.llmfleet_model_cache impo
     model_cache_wanted,
 )
 from ansible_collections.llmfleet.fleet.plugins.filter.llmfleet_vllm import vllm_instances
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory import check_models
+from ansible_collections.llmfleet.fleet.plugins.module_utils.inventory.checks import check_models
 
 REV = "12fd25f77366fa6b3b4b768ec3050bf629380bac"
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"

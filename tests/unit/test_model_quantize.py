@@ -12,8 +12,8 @@ from unittest import mock
 import pytest
 from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
-from ansible_collections.llmfleet.fleet.plugins.module_utils import llmfleet_quantize as q
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory_pipeline import check_model_pipeline
+from ansible_collections.llmfleet.fleet.plugins.module_utils.inventory.pipeline import check_model_pipeline
+from ansible_collections.llmfleet.fleet.plugins.module_utils.quantize import plan as q
 from ansible_collections.llmfleet.fleet.plugins.modules import model_quantize
 
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import model_sync
 import pytest
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_sync import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.sync.engine import (
     Plan,
     file_is_current,
     hub_layout,
@@ -18,13 +18,13 @@ from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_sync impor
     space_needed,
     validate_params,
 )
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_sync_manifest import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.sync.manifest import (
     diff_files,
     git_blob_sha1,
     hash_files,
     sha256_file,
 )
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_sync_sources import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.sync.sources import (
     COPY_CHUNK,
     FetchState,
     SourceFile,

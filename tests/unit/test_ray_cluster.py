@@ -6,18 +6,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory import check_host_ports, validate_host
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_inventory_ray import (
-    RAY_DEFAULTS,
-    check_ray,
-    ray_ports,
-)
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_ray import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.cluster.ray import (
     compare_nodes,
     expected_node,
     nodes_from_state_api,
     start_args,
     summary,
+)
+from ansible_collections.llmfleet.fleet.plugins.module_utils.inventory.checks import check_host_ports, validate_host
+from ansible_collections.llmfleet.fleet.plugins.module_utils.inventory.ray import (
+    RAY_DEFAULTS,
+    check_ray,
+    ray_ports,
 )
 from llmfleet_vllm import resolve_instance
 

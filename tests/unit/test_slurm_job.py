@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ansible_collections.llmfleet.fleet.plugins.module_utils import llmfleet_inventory_slurm as inv
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_slurm import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.cluster.slurm import (
     ACTIVE_STATES,
     exit_code,
     expand_nodelist,
@@ -21,6 +20,7 @@ from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_slurm impo
     tail,
     valid_walltime,
 )
+from ansible_collections.llmfleet.fleet.plugins.module_utils.inventory import slurm as inv
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "slurm"
 

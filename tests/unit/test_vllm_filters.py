@@ -127,7 +127,7 @@ def test_the_three_argument_specs_hold_the_schemas_keys_and_check_refuses_a_hand
 
 
 def test_every_value_flag_of_the_schema_reaches_the_server_arguments():
-    from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_vllm_instance import VALUE_FLAGS
+    from ansible_collections.llmfleet.fleet.plugins.module_utils.fleet.vllm_instance import VALUE_FLAGS
 
     instance = {"name": "x", "model": "m", "port": 1, **{key: 2 for key in VALUE_FLAGS}}
     instance["distributed_executor_backend"] = "mp"

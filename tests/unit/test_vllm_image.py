@@ -14,21 +14,21 @@ from typing import Any
 import ansible_module
 import pytest
 import vllm_image
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_build_context import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.image.build import decide
+from ansible_collections.llmfleet.fleet.plugins.module_utils.image.context import (
     FileDigestCache,
     collect_context,
     content_hash,
     context_manifest,
 )
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_dockerfile import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.image.dockerfile import (
     dockerfile_base_images,
     dockerfile_stages,
     needs_buildkit,
 )
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image import decide
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image_error import ImageError
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_image_ref import registry_of, split_reference
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_progress import BuildProgress
+from ansible_collections.llmfleet.fleet.plugins.module_utils.image.error import ImageError
+from ansible_collections.llmfleet.fleet.plugins.module_utils.image.progress import BuildProgress
+from ansible_collections.llmfleet.fleet.plugins.module_utils.image.ref import registry_of, split_reference
 
 REPO = Path(__file__).resolve().parents[2]
 H1 = "sha256:" + "1" * 64
@@ -366,7 +366,7 @@ def test_password_is_no_log() -> None:
 
 
 def test_sink_writes_plain_log_and_progress_file(tmp_path: Path) -> None:
-    from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_progress import ProgressSink, read_progress
+    from ansible_collections.llmfleet.fleet.plugins.module_utils.image.progress import ProgressSink, read_progress
 
     log = tmp_path / "b.log"
     log.write_text("previous build\n")

@@ -20,7 +20,7 @@ import ansible_module
 import pytest
 import vllm_wait
 from ansible.module_utils import basic
-from ansible_collections.llmfleet.fleet.plugins.module_utils.llmfleet_wait import (
+from ansible_collections.llmfleet.fleet.plugins.module_utils.health.wait import (
     Supervised,
     docker_state,
     last_main_exit,
