@@ -169,9 +169,21 @@ def fleet_host_defaults(hostvars: Any, groups: dict, host: str, role: str, keys:
     return {key: view[key] for key in keys if key in view}
 
 
+def fleet_role_defaults(hostvars: Any, groups: dict, host: str, role_keys: dict) -> dict:
+    """What the roles of a host (role -> the keys wanted of it) default to where the inventory gives
+    nothing, each rendered as that role's play would: the validate play hands these to fleet_validate,
+    so its checks across variables (ports, disk, memory) never retype a role's default."""
+    out: dict[str, Any] = {}
+    for role, keys in (role_keys or {}).items():
+        view = HostView(host, hostvars[host], role, groups)
+        out.update({key: view[key] for key in keys if key in view._defaults and key not in view._hostvars})
+    return out
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "fleet_endpoints": fleet_endpoints,
             "fleet_host_defaults": fleet_host_defaults,
+            "fleet_role_defaults": fleet_role_defaults,
         }

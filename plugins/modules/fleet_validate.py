@@ -83,6 +83,15 @@ options:
     description: The C(fleet_models) catalog.
     type: dict
     default: {}
+  defaults:
+    description:
+      - What the host's roles' own C(defaults/main.yml) give for settings the inventory leaves out, as the
+        roles would see them (C(llmfleet.fleet.fleet_role_defaults)). Every port the roles open, and the
+        settings the disk, image and memory checks read.
+      - The checks across variables and hosts see them, so a port left to its default clashes as surely as a
+        written one. The argument spec checks see only O(settings).
+    type: dict
+    default: {}
   gpu:
     description:
       - The host's C(ansible_facts.gpu) as C(llmfleet.fleet.gpu_facts) read it; when given, instances
@@ -196,6 +205,7 @@ def main() -> None:
                 },
             },
             "models": {"type": "dict", "default": {}},
+            "defaults": {"type": "dict", "default": {}},
             "gpu": {"type": "dict"},
             "probe": {"type": "str"},
             "builds": {"type": "list", "elements": "dict", "default": []},
@@ -206,10 +216,12 @@ def main() -> None:
     p = module.params
     # no_log on settings kept the whole mapping out of the module's log; from here on mask only the
     # secrets the specs name, so messages can show the offending ports, names and images.
-    module.no_log_values = secret_values(p["specs"], p["settings"])
+    module.no_log_values = secret_values(p["specs"], {**p["defaults"], **p["settings"]})
     own = check_models(p["models"], p["groups"]) + validate_host(
-        p["host"], p["host_groups"], p["groups"], p["settings"], p["models"], p["specs"], p["gpu"]
+        p["host"], p["host_groups"], p["groups"], p["settings"], p["models"], p["specs"], p["gpu"], p["defaults"]
     )
+    # From here on the host's settings as its roles see them: the inventory's over the roles' defaults.
+    p["settings"] = {**p["defaults"], **p["settings"]}
     if p["probe"] is not None:
         own += check_host_facts(
             p["host"], p["host_groups"], p["settings"], p["models"], p["probe"], p["builds"], p["build_probes"]

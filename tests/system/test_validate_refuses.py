@@ -47,6 +47,13 @@ BAD = [
     ),
     ("ray-no-head", "ray-w1", REFUSE, "host ray-w1 is in group ray_workers but group ray_head has no host"),
     (
+        # A port left to its role's default (observability_stack_prometheus_port: 9090) clashes too.
+        "port-default",
+        "box-1",
+        REFUSE,
+        "host box-1: observability_stack_prometheus_port = 9090 is already used by model_gateway_port on this host",
+    ),
+    (
         "slurm-bad",
         "hpc-login",
         REFUSE,

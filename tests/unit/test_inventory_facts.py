@@ -8,14 +8,11 @@ import os
 import subprocess
 from pathlib import Path
 
-import jinja2
 import pytest
 import yaml
 from ansible_collections.llmfleet.fleet.plugins.module_utils.inventory.checks import (
     GIB,
-    MODEL_CACHE_DEFAULTS,
     NVIDIA_RUNTIME_ARCHES,
-    VLLM_BUILD_DEFAULTS,
     build_target,
     check_build_platform,
     check_host_facts,
@@ -27,6 +24,7 @@ from ansible_collections.llmfleet.fleet.plugins.module_utils.inventory.checks im
     probe_items,
     validate_host,
 )
+from validate_play import role_defaults
 
 ROLES = Path(__file__).resolve().parent.parent.parent / "roles"
 URL_SOURCE = {"url": "https://models.example.invalid/m.gguf", "sha256": "0" * 64}
@@ -35,6 +33,11 @@ X86 = "arch x86_64\n"
 
 def _defaults(role):
     return yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text())
+
+
+def d(groups, settings, *roles):
+    """A host's settings as the validate play hands them over: the roles' own defaults under them."""
+    return {**role_defaults(groups, settings, list(roles)), **settings}
 
 
 def run_probe(items):
@@ -46,31 +49,31 @@ def free_line(path, gb, dev="64769"):
     return f"free {int(gb * GIB / 1024)} {dev} {path}\n"
 
 
-# --- the defaults the checks use are the roles' ------------------------------------------------
+# --- the defaults the checks use are the roles', read as the validate play reads them ------------
 
 
-def test_build_defaults_are_the_roles():
-    defaults = _defaults("vllm_build")
-    for key in ("mode", "work_dir", "image", "tag", "registry", "docker_host"):
-        assert defaults[f"vllm_build_{key}"] == VLLM_BUILD_DEFAULTS[key], key
-    for mode, gb in VLLM_BUILD_DEFAULTS["min_free_gb"].items():
-        rendered = jinja2.Template(defaults["vllm_build_min_free_gb"]).render(vllm_build_mode=mode)
-        assert float(rendered) == gb, mode
-    paths = [
-        jinja2.Template(p).render(vllm_build_work_dir=defaults["vllm_build_work_dir"])
-        for p in defaults["vllm_build_disk_paths"]
-    ]
-    assert paths == [VLLM_BUILD_DEFAULTS["work_dir"], VLLM_BUILD_DEFAULTS["docker_root"]]
-
-
-def test_model_cache_and_nvidia_defaults_are_the_roles():
-    defaults = _defaults("model_cache")
-    assert defaults["model_cache_mode"] == MODEL_CACHE_DEFAULTS["mode"]
-    assert defaults["model_cache_root"] == MODEL_CACHE_DEFAULTS["root"]
-    assert defaults["model_cache_free_space_reserve_mb"] == MODEL_CACHE_DEFAULTS["free_space_reserve_mb"]
-    assert defaults["model_cache_hf_home"] == "{{ model_cache_root }}/hf"
+def test_defaults_rendered_from_the_roles_files():
+    source = role_defaults(["vllm_builders"], {"vllm_build_mode": "source"}, ["vllm_build"])
+    assert source["vllm_build_min_free_gb"] == 100 and "vllm_build_mode" not in source
+    assert source["vllm_build_work_dir"] == _defaults("vllm_build")["vllm_build_work_dir"]
+    cache = role_defaults(["inference_nodes"], {}, ["model_cache"])
+    assert cache["model_cache_mode"] == "sync" and cache["model_cache_free_space_reserve_mb"] == 1024
     arch_map = yaml.safe_load((ROLES / "nvidia_runtime" / "vars" / "main.yml").read_text())
     assert tuple(arch_map["nvidia_runtime_deb_arch_map"]) == NVIDIA_RUNTIME_ARCHES
+
+
+def test_a_port_left_to_its_roles_default_clashes_too():
+    """The gateway on 9090 on a host that also runs Prometheus, whose port the inventory leaves to
+    observability_stack's default (9090): refused, naming the default."""
+    settings = {"model_gateway_port": 9090}
+    groups = ["gateway", "observability"]
+    defaults = role_defaults(groups, settings, ["model_gateway", "observability_stack"])
+    assert defaults["observability_stack_prometheus_port"] == 9090
+    errors = validate_host("h1", groups, {g: ["h1"] for g in groups}, settings, {}, defaults=defaults)
+    assert (
+        "host h1: observability_stack_prometheus_port = 9090 is already used by model_gateway_port on this host; "
+        "allowed: a port no other service of the host uses"
+    ) in errors, errors
 
 
 # --- ports given as strings ----------------------------------------------------------------------
@@ -170,14 +173,16 @@ def test_only_hosts_whose_checks_need_facts_are_probed():
     assert probe_items("h", ["inference_nodes"], {}, plain, models) == []
     assert probe_items("h", ["inference_nodes"], {}, plain, {"p": {"source": URL_SOURCE}}) == []
     sized = {"vllm_service_instances": [{"name": "a", "model": "m", "port": 8000}]}
-    assert probe_items("h", ["inference_nodes"], {}, sized, models) == [
+    assert probe_items("h", ["inference_nodes"], {}, d(["inference_nodes"], sized, "model_cache"), models) == [
         "free=/var/cache/llmfleet/models/m",
         "used=/var/cache/llmfleet/models/m",
         "used=/var/cache/llmfleet/models/.m.llmfleet",
     ]
-    assert probe_items("h", ["inference_nodes"], {}, {**sized, "model_cache_mode": "mount"}, models) == []
+    mounted = d(["inference_nodes"], {**sized, "model_cache_mode": "mount"}, "model_cache")
+    assert probe_items("h", ["inference_nodes"], {}, mounted, models) == []
     assert probe_items("h", ["gpu_nodes"], {}, {}, {}) == ["arch"]
-    assert probe_items("b", ["vllm_builders"], {}, {"vllm_build_platform": "linux/arm64"}, {}) == [
+    arm = d(["vllm_builders"], {"vllm_build_platform": "linux/arm64"}, "vllm_build")
+    assert probe_items("b", ["vllm_builders"], {}, arm, {}) == [
         "arch",
         "binfmt",
         "free=/var/lib/llmfleet/vllm_build",
@@ -209,7 +214,7 @@ def test_nvidia_runtime_needs_x86_64_or_aarch64():
     ],
 )
 def test_a_foreign_platform_needs_qemu_on_a_local_daemon(probe, refused):
-    settings = {"vllm_build_platform": "linux/arm64", "vllm_build_min_free_gb": 0}
+    settings = d(["vllm_builders"], {"vllm_build_platform": "linux/arm64", "vllm_build_min_free_gb": 0}, "vllm_build")
     errors = check_host_facts("b1", ["vllm_builders"], settings, {}, probe)
     assert bool(errors) == refused, errors
     if refused:
@@ -230,19 +235,22 @@ def test_a_source_build_needs_a_cuda_architecture():
 
 def test_a_build_needs_its_free_disk():
     probe = X86 + free_line("/var/lib/llmfleet/vllm_build", 10) + free_line("/var/lib/docker", 200)
-    errors = check_host_facts("b1", ["vllm_builders"], {}, {}, probe)
+    errors = check_host_facts("b1", ["vllm_builders"], d(["vllm_builders"], {}, "vllm_build"), {}, probe)
     assert errors == [
         "host b1: vllm_build_disk_paths entry '/var/lib/llmfleet/vllm_build' (or the nearest existing parent) has "
         "10.0 GB free, but a wheel build needs vllm_build_min_free_gb = 15 GB; allowed: at least that much free "
         "(docker system prune, docker builder prune), or a lower vllm_build_min_free_gb"
     ]
-    source = check_host_facts("b1", ["vllm_builders"], {"vllm_build_mode": "source"}, {}, probe)
+    source_settings = d(["vllm_builders"], {"vllm_build_mode": "source"}, "vllm_build")
+    source = check_host_facts("b1", ["vllm_builders"], source_settings, {}, probe)
     assert len(source) == 1 and "a source build needs vllm_build_min_free_gb = 100 GB" in source[0]
-    assert check_host_facts("b1", ["vllm_builders"], {"vllm_build_min_free_gb": "8"}, {}, probe) == []
+    lower = d(["vllm_builders"], {"vllm_build_min_free_gb": "8"}, "vllm_build")
+    assert check_host_facts("b1", ["vllm_builders"], lower, {}, probe) == []
 
 
 def _cache_settings(*names, **more):
-    return {"vllm_service_instances": [{"name": n, "model": n, "port": 8000 + i} for i, n in enumerate(names)], **more}
+    given = {"vllm_service_instances": [{"name": n, "model": n, "port": 8000 + i} for i, n in enumerate(names)], **more}
+    return d(["inference_nodes"], given, "model_cache")
 
 
 def test_models_to_fetch_need_room_on_the_cache_filesystem():
@@ -314,6 +322,8 @@ def test_module_hands_back_the_probe_then_refuses_from_its_output():
         "host_groups": ["vllm_builders"],
         "groups": {"vllm_builders": ["b1"]},
         "settings": {"vllm_build_image": "x", "vllm_build_tag": "1"},
+        # As the validate play hands them over (fleet_role_defaults over the role's defaults file).
+        "defaults": role_defaults(["vllm_builders"], {"vllm_build_image": "x", "vllm_build_tag": "1"}, ["vllm_build"]),
         "specs": {},
     }
     first = run_module(fleet_validate.main, args, check_mode=True)

@@ -548,15 +548,19 @@ def validate_host(
     models: Any,
     specs: dict[str, Any] | None = None,
     gpu: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> list[str]:
     """Everything we know how to check about one host in its fleet.
 
     ``settings`` are the host's variables; ``specs`` the argument spec options of each role the
     host's groups run (role name -> options), which give types of nested keys, ranges, formats and
-    secrets; ``gpu`` the host's ``ansible_facts.gpu`` when a check needed it.
+    secrets; ``gpu`` the host's ``ansible_facts.gpu`` when a check needed it; ``defaults`` what the
+    host's roles' own defaults give where the inventory is silent (the validate play reads them with
+    fleet_role_defaults): the checks across variables see them, the spec checks only what is given.
     """
+    given, settings = settings, {**(defaults or {}), **settings}
     errors = check_groups(host, host_groups, groups)
-    errors += check_role_specs(host, specs or {}, settings)
+    errors += check_role_specs(host, specs or {}, given)
     errors += check_build_platform(host, settings)
     errors += check_host_ports(host, settings, ray_ports(host_groups, settings))
     errors += check_kubernetes(host, host_groups, groups, settings, models)
@@ -623,20 +627,11 @@ def check_only_ingress(host: str, groups: Any, settings: dict[str, Any], instanc
 
 # --- Facts of the host a check needs: CPU architecture and free disk -------------------------------
 # The first play reads them only where a check needs them, with one read-only command (PROBE_SCRIPT,
-# run by the play as probe_argv() says), and hands its output back (parse_probe). Role defaults
-# are not loaded in that play: the few the checks need are these, tied to the roles' defaults files
-# by tests/unit/test_inventory_validate.py.
-VLLM_BUILD_DEFAULTS = {
-    "mode": "wheel",
-    "work_dir": "/var/lib/llmfleet/vllm_build",
-    "docker_root": "/var/lib/docker",
-    "min_free_gb": {"source": 100.0, "wheel": 15.0},
-    "image": "vllm-openai",
-    "tag": "latest",
-    "registry": "",
-    "docker_host": "unix:///var/run/docker.sock",
-}
-MODEL_CACHE_DEFAULTS = {"mode": "sync", "root": "/var/cache/llmfleet/models", "free_space_reserve_mb": 1024}
+# run by the play as probe_argv() says), and hands its output back (parse_probe). The settings
+# they read come with the roles' own defaults (validate_host's ``defaults``), never retyped here.
+#
+# Where Docker keeps images and build cache (not a setting of any role: Docker's own default).
+DOCKER_ROOT = "/var/lib/docker"
 # Groups whose playbooks run model_cache (playbooks/validate.yml, _fleet_group_roles).
 MODEL_CACHE_GROUPS = ("inference_nodes", "slurm_login", "model_workstations")
 # nvidia_runtime's repositories exist for these (`uname -m`; roles/nvidia_runtime/vars/main.yml).
@@ -695,7 +690,7 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
-def _as_float(value: Any, default: float) -> float | None:
+def _as_float(value: Any, default: float | None) -> float | None:
     if value is None or value == "":
         return default
     if isinstance(value, bool):
@@ -723,26 +718,26 @@ def _builds(host_groups: list[str]) -> bool:
 
 
 def _build_setting(settings: dict[str, Any], key: str) -> Any:
-    value = settings.get(f"vllm_build_{key}")
-    return VLLM_BUILD_DEFAULTS[key] if value is None else value
+    return settings.get(f"vllm_build_{key}")
 
 
 def build_disk_needs(settings: dict[str, Any]) -> tuple[list[str], float | None]:
     """The paths a build writes under (vllm_build_disk_paths) and the GB each needs (vllm_build_min_free_gb)."""
-    mode = _build_setting(settings, "mode")
     paths = settings.get("vllm_build_disk_paths")
     if paths is None:
-        paths = [_build_setting(settings, "work_dir"), VLLM_BUILD_DEFAULTS["docker_root"]]
-    default_gb = VLLM_BUILD_DEFAULTS["min_free_gb"].get(mode, VLLM_BUILD_DEFAULTS["min_free_gb"]["wheel"])
+        paths = [_build_setting(settings, "work_dir"), DOCKER_ROOT]
     paths = [str(p) for p in paths if isinstance(p, str) and p.startswith("/")] if isinstance(paths, list) else []
-    return paths, _as_float(settings.get("vllm_build_min_free_gb"), default_gb)
+    return paths, _as_float(settings.get("vllm_build_min_free_gb"), None)
 
 
 def build_target(host: str, host_groups: list[str], settings: dict[str, Any]) -> dict[str, Any] | None:
     """What a builder publishes: the image references it pushes (or tags locally) and its platform."""
     if not _builds(host_groups):
         return None
-    name, tag, registry = (str(_build_setting(settings, k)) for k in ("image", "tag", "registry"))
+    name, tag, registry = (_build_setting(settings, k) for k in ("image", "tag", "registry"))
+    if not name or not tag:
+        return None  # the role's defaults give both; without them there is nothing to compare
+    name, tag, registry = str(name), str(tag), str(registry or "")
     ref = f"{registry}/{name}:{tag}" if registry else f"{name}:{tag}"
     return {
         "host": host,
@@ -764,9 +759,10 @@ def model_cache_writes(
     the directory it lands in (whose filesystem must hold it) and what may already be there."""
     if not any(g in host_groups for g in MODEL_CACHE_GROUPS):
         return []
-    if (settings.get("model_cache_mode") or MODEL_CACHE_DEFAULTS["mode"]) != "sync" or not isinstance(models, dict):
+    root = settings.get("model_cache_root")
+    if settings.get("model_cache_mode") != "sync" or not root or not isinstance(models, dict):
         return []
-    root = str(settings.get("model_cache_root") or MODEL_CACHE_DEFAULTS["root"])
+    root = str(root)
     hf_home = str(settings.get("model_cache_hf_home") or root.rstrip("/") + "/hf")
     wanted = settings.get("model_cache_models") or [
         i.get("model") for i in settings.get("vllm_service_instances") or [] if isinstance(i, dict)
@@ -859,7 +855,7 @@ def _check_build_facts(host: str, settings: dict[str, Any], facts: dict[str, Any
             f"for the builder's architecture {arch!r}; allowed: a builder on x86_64 or aarch64, or "
             "vllm_build_platform linux/amd64 or linux/arm64 (CUDA base images exist for those only)"
         )
-    docker_host = str(_build_setting(settings, "docker_host"))
+    docker_host = str(_build_setting(settings, "docker_host") or "")
     if given and target and machine and target != machine and docker_host.startswith("unix://"):
         handlers = facts["binfmt"]
         handler = QEMU_NAME.get(target, target)
@@ -891,7 +887,7 @@ def _check_cache_facts(
     """Models to fetch against the free space of the filesystem they land on (model_sync's own check,
     made before any host changes: what is already there counts, the reserve must stay free)."""
     reserve_mb = _as_int(settings.get("model_cache_free_space_reserve_mb"))
-    reserve = (MODEL_CACHE_DEFAULTS["free_space_reserve_mb"] if reserve_mb is None else reserve_mb) << 20
+    reserve = (reserve_mb or 0) << 20
     by_fs: dict[str, dict[str, Any]] = {}
     for write in model_cache_writes(host, host_groups, settings, models):
         free = facts["free"].get(write["path"])
@@ -907,7 +903,7 @@ def _check_cache_facts(
     errors = []
     for fs in by_fs.values():
         if fs["need"] + reserve > fs["free"]:
-            root = settings.get("model_cache_root") or MODEL_CACHE_DEFAULTS["root"]
+            root = settings.get("model_cache_root")
             errors.append(
                 f"host {host}: model_cache_root = {root!r}: "
                 f"the filesystem of {fs['path']!r} (or its nearest existing parent) has {_gb(fs['free'])} free, but "

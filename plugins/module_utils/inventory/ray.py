@@ -11,15 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-# roles/ray_cluster/defaults/main.yml (the validate play does not load role defaults);
-# tests/unit/test_ray_cluster.py ties them to that file.
-RAY_DEFAULTS = {
-    "ray_cluster_head_port": 6379,
-    "ray_cluster_dashboard_port": 8265,
-    "ray_cluster_client_port": 10001,
-    "ray_cluster_metrics_export_port": 8080,
-    "ray_cluster_object_store_memory": 134217728,
-}
 HEAD_PORTS = ("ray_cluster_head_port", "ray_cluster_dashboard_port", "ray_cluster_client_port")
 NODE_PORTS = ("ray_cluster_metrics_export_port",)
 
@@ -34,24 +25,20 @@ def _int(value: Any) -> int | None:
     return None
 
 
-def _setting(settings: dict[str, Any], key: str) -> Any:
-    return settings.get(key, RAY_DEFAULTS.get(key))
-
-
 def ray_ports(host_groups: list[str], settings: dict[str, Any]) -> list[tuple[str, Any]]:
     """The Ray ports a node listens on (the head's GCS, dashboard, client; every node's metrics), as
     (variable, value): inventory.checks.check_host_ports checks them with the host's other ports."""
     if "ray_head" not in host_groups and "ray_workers" not in host_groups:
         return []
     variables = (HEAD_PORTS if "ray_head" in host_groups else ()) + NODE_PORTS
-    return [(variable, _setting(settings, variable)) for variable in variables]
+    return [(variable, settings.get(variable)) for variable in variables]
 
 
 def check_object_store(host: str, settings: dict[str, Any]) -> list[str]:
     """The object store fits in the host's memory, where the inventory declares it
     (ray_cluster_host_memory_mb; the role checks the real memory, ansible_facts.memtotal_mb, before any change)."""
     memory_mb = _int(settings.get("ray_cluster_host_memory_mb"))
-    store = _int(_setting(settings, "ray_cluster_object_store_memory"))
+    store = _int(settings.get("ray_cluster_object_store_memory"))
     if memory_mb is None or store is None or store < memory_mb * 1048576:
         return []
     return [
