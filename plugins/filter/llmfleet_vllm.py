@@ -173,20 +173,35 @@ def vllm_instances(
     return [resolve_instance(i, models or {}, defaults, local_paths) for i in instances or []]
 
 
-def vllm_with_api_keys(resolved: list[dict], key_reads: list[dict] | None) -> list[dict]:
-    """Fill each instance's api_key from its key file (slurp results) unless it was given.
+def vllm_without_keys(resolved: list[dict]) -> list[dict]:
+    """The resolved instances without their keys, for the tasks that loop over them (whose items
+    Ansible prints at -v): ``api_key_given`` says whether the inventory gave one. The keys go apart,
+    into a no_log fact (``vllm_given_keys``, ``vllm_api_keys``)."""
+    return [
+        {**{k: v for k, v in inst.items() if k != "api_key"}, "api_key_given": bool(inst.get("api_key"))}
+        for inst in resolved or []
+    ]
 
-    ``key_reads`` are the results of slurping ``<config_dir>/<name>.apikey`` per instance; an
-    unreadable or missing file (check mode before the first apply) leaves the key empty.
+
+def vllm_given_keys(resolved: list[dict]) -> dict[str, str]:
+    """Instance name -> the API key the inventory gave it (instances given none are left out)."""
+    return {inst["name"]: str(inst["api_key"]) for inst in resolved or [] if inst.get("api_key")}
+
+
+def vllm_api_keys(given: dict[str, str], key_reads: list[dict] | None) -> dict[str, str]:
+    """Instance name -> its API key: the inventory's, else its kept key file's.
+
+    ``key_reads`` are the results of slurping ``<config_dir>/<name>.apikey`` per instance given no
+    key; an unreadable or missing file (check mode before the first apply) gives no entry.
     """
     import base64
 
-    read = {}
+    keys = dict(given or {})
     for res in key_reads or []:
         item = res.get("item") or {}
-        if res.get("content") and not res.get("failed"):
-            read[item.get("name")] = base64.b64decode(res["content"]).decode().strip()
-    return [{**inst, "api_key": inst.get("api_key") or read.get(inst["name"], "")} for inst in resolved or []]
+        if res.get("content") and not res.get("failed") and item.get("name") not in keys:
+            keys[item.get("name")] = base64.b64decode(res["content"]).decode().strip()
+    return keys
 
 
 def vllm_backups(results: list[dict]) -> list[dict]:
@@ -214,6 +229,8 @@ class FilterModule:
         return {
             "vllm_instances": vllm_instances,
             "pip_missing": pip_missing,
-            "vllm_with_api_keys": vllm_with_api_keys,
+            "vllm_without_keys": vllm_without_keys,
+            "vllm_given_keys": vllm_given_keys,
+            "vllm_api_keys": vllm_api_keys,
             "vllm_backups": vllm_backups,
         }

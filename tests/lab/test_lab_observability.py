@@ -37,10 +37,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dashboards import VARIABLES, dashboard_exprs, substitute
 from endpoint_registry import inventory_list
 from llmfleet import runner
 from llmfleet_lab import containers as lab_containers
-from test_observability_files import VARIABLES, dashboard_exprs, substitute
 
 pytestmark = pytest.mark.lab
 

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dashboards import DASHBOARDS, VARIABLES, dashboard_exprs, substitute
+from dashboards import dashboards as read_dashboards
 
 REPO = Path(__file__).resolve().parent.parent.parent
 ROLE = REPO / "roles" / "observability_stack"
-DASHBOARDS = ROLE / "files" / "dashboards"
 RULES_TEST = REPO / "tests" / "fixtures" / "observability" / "rules_test.yml"
 PLAYBOOK = REPO / "tests" / "playbooks" / "observability_render.yml"
 LAB_TEST = REPO / "inventories" / "lab-test"
@@ -35,7 +36,6 @@ BIN = Path(sys.executable).parent
 # Grafana panel types the dashboards may use (Grafana 10/11 core panels).
 PANEL_TYPES = {"timeseries", "stat", "gauge", "bargauge", "table", "heatmap", "text", "piechart"}
 # Dashboard variables the PromQL may name, and what stands for them when it is parsed or evaluated.
-VARIABLES = {"$__rate_interval": "1m", "$host": ".*", "$instance": ".*", "$model_name": ".*"}
 
 
 def _tool(name: str, package: str) -> str:
@@ -264,26 +264,6 @@ def test_adding_hosts_and_instances_adds_their_targets(rendered_grown):
 
 
 # ------------------------------------------------------------------------------------------- Grafana
-def _dashboards() -> dict[str, dict]:
-    return {p.name: json.loads(p.read_text()) for p in sorted(DASHBOARDS.glob("*.json"))}
-
-
-def dashboard_exprs() -> list[tuple[str, str, str]]:
-    """(dashboard file, panel title, PromQL) of every target of every panel of every dashboard."""
-    return [
-        (name, panel["title"], target["expr"])
-        for name, dash in _dashboards().items()
-        for panel in dash["panels"]
-        for target in panel["targets"]
-    ]
-
-
-def substitute(expr: str) -> str:
-    for var, value in VARIABLES.items():
-        expr = expr.replace(var, value)
-    return expr
-
-
 def test_dashboards_follow_grafanas_dashboard_model(rendered):
     datasources = yaml.safe_load(
         (rendered["out"] / "grafana" / "provisioning" / "datasources" / "llmfleet.yml").read_text()
@@ -293,7 +273,7 @@ def test_dashboards_follow_grafanas_dashboard_model(rendered):
         (rendered["out"] / "grafana" / "provisioning" / "dashboards" / "llmfleet.yml").read_text()
     )
     dash_dir = Path(provider["providers"][0]["options"]["path"])
-    dashboards = _dashboards()
+    dashboards = read_dashboards()
     assert set(dashboards) == {"vllm.json", "node.json", "gpu.json", "ray.json"}
     assert {p.name for p in dash_dir.iterdir()} == set(dashboards), "the provider's folder holds every dashboard"
     seen_uids = set()

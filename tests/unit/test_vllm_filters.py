@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from llmfleet_vllm import pip_missing, resolve_instance
+from llmfleet_vllm import pip_missing, resolve_instance, vllm_api_keys, vllm_given_keys, vllm_without_keys
 
 MODELS = {
     "smol": {"source": {"path": "/srv/models/smol"}, "served_name": "smol-135m", "context_length": 2048},
@@ -134,3 +134,17 @@ def test_every_value_flag_of_the_schema_reaches_the_server_arguments():
     args = resolve_instance(instance, {"m": {"source": {"path": "/m"}}})["args"]
     for key, flag in VALUE_FLAGS.items():
         assert flag in args, key
+
+
+def test_instance_keys_travel_apart_from_the_instances():
+    """The tasks that loop over the resolved instances print their items at -v: no key is in them."""
+    resolved = [{"name": "a", "port": 1, "api_key": "given-key-aaaaaaaa"}, {"name": "b", "port": 2, "api_key": ""}]
+    plain = vllm_without_keys(resolved)
+    assert plain == [{"name": "a", "port": 1, "api_key_given": True}, {"name": "b", "port": 2, "api_key_given": False}]
+    given = vllm_given_keys(resolved)
+    assert given == {"a": "given-key-aaaaaaaa"}
+    reads = [
+        {"item": {"name": "b"}, "content": "a2VwdC1rZXktYmJiYgo="},  # "kept-key-bbbb\n"
+        {"item": {"name": "c"}, "failed": True, "msg": "file not found"},
+    ]
+    assert vllm_api_keys(given, reads) == {"a": "given-key-aaaaaaaa", "b": "kept-key-bbbb"}
