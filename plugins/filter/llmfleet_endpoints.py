@@ -170,13 +170,12 @@ def fleet_host_defaults(hostvars: Any, groups: dict, host: str, role: str, keys:
 
 
 def fleet_role_defaults(hostvars: Any, groups: dict, host: str, role_keys: dict) -> dict:
-    """What the roles of a host (role -> the keys wanted of it) default to where the inventory gives
-    nothing, each rendered as that role's play would: the validate play hands these to fleet_validate,
-    so its checks across variables (ports, disk, memory) never retype a role's default."""
+    """``fleet_host_defaults`` over several roles (role -> the keys wanted of it): the validate play
+    hands these to fleet_validate, so its checks across variables (ports, disk, memory) see each
+    role's default where the inventory is silent and never retype it."""
     out: dict[str, Any] = {}
     for role, keys in (role_keys or {}).items():
-        view = HostView(host, hostvars[host], role, groups)
-        out.update({key: view[key] for key in keys if key in view._defaults and key not in view._hostvars})
+        out.update(fleet_host_defaults(hostvars, groups, host, role, keys))
     return out
 
 
